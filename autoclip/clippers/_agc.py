@@ -1,0 +1,46 @@
+"""Unit-wise adaptive gradient clipping (AGC; Brock et al. 2021, "High-Performance Large-Scale
+Image Recognition Without Normalization").
+
+Each output unit's gradient is clipped relative to that unit's weight norm::
+
+    G_i <- G_i * min(1, clipping * max(||W_i||, eps) / ||G_i||)
+
+The paper does not clip the final linear layer; to follow it, pass only the other parameters
+(``AGC(...)(body_params)``) instead of using ``attach``. The reported threshold is
+``clipping`` (a ratio, not a norm).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autoclip import functional as F
+from autoclip.clippers._base import BaseClipper, check_positive
+from autoclip.clippers._registry import register_clipper
+
+
+@register_clipper("agc", "clip each unit's gradient to a fraction of its weight norm (NFNets)")
+class AGC(BaseClipper):
+    def __init__(self, clipping: float = 0.01, eps: float = 1e-3, nonfinite: str = "skip") -> None:
+        # 0.01: the paper's value for large batches; smaller batches tolerate larger ratios.
+        check_positive("clipping", clipping)
+        check_positive("eps", eps)
+        self.clipping = clipping
+        self.eps = eps
+        super().__init__(norm_type=2.0, nonfinite=nonfinite)
+
+    def _total_norm(self, grads):
+        # The unit norms give the global norm for free; keep them for _clip.
+        self._grad_norms = F.unitwise_norms(grads)
+        return F.norm_from_unitwise(self._grad_norms)
+
+    def _clip(self, params, grads, total, finite):
+        grad_norms, self._grad_norms = self._grad_norms, None
+        _, clipped = F.agc_(
+            params,
+            self.clipping,
+            self.eps,
+            grad_norms=grad_norms,
+            finite=finite if self.nonfinite == "skip" else None,
+        )
+        return torch.tensor(float(self.clipping), device=total.device), clipped

@@ -1,0 +1,235 @@
+"""The clipper contract shared by every strategy.
+
+Lifecycle of a clipper:
+
+1. Construct it with its hyperparameters (stored verbatim; ``config`` echoes them back).
+2. Optionally ``warm_start(norms)`` with gradient norms observed elsewhere (the probe), so an
+   adaptive clipper starts from a measured state instead of a cold one.
+3. Each step, ``clipper(parameters)`` (or ``attach(optimizer)`` once) clips gradients in place
+   and returns a :class:`ClipResult` of tensors: no ``.item()``, no host sync.
+4. ``state_dict()`` / ``load_state_dict()`` carry the adaptive state across a resume.
+
+Non-finite gradients follow ``nonfinite``: ``"skip"`` (default) zeroes the gradients of that
+step and counts it, and adaptive clippers leave their history untouched; ``"raise"`` raises
+:class:`~autoclip.errors.NonFiniteGradientError` (this one check does sync the host, as
+torch's ``error_if_nonfinite`` does).
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from autoclip import functional as F
+from autoclip.errors import ConfigError, NonFiniteGradientError
+
+NONFINITE_POLICIES = ("skip", "raise")
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """What one clipping step did. All fields are tensors on the gradients' device.
+
+    Attributes:
+        total_norm: global gradient norm before clipping (0-dim).
+        threshold: the norm (or, for ``value``/``agc``, the value or ratio) applied (0-dim).
+        clipped: whether the gradients were scaled or clamped this step (0-dim bool).
+        finite: whether the gradients were finite (0-dim bool); ``False`` means skipped.
+    """
+
+    total_norm: Tensor
+    threshold: Tensor
+    clipped: Tensor
+    finite: Tensor
+
+
+class BaseClipper(abc.ABC):
+    """Base class: subclasses implement :meth:`_clip` and, if adaptive, :meth:`_observe`."""
+
+    #: Registry name, set by :func:`autoclip.clippers.register_clipper`.
+    name: ClassVar[str] = ""
+    #: Whether the threshold adapts to the norms it sees (and so has state to warm-start).
+    adaptive: ClassVar[bool] = False
+
+    def __init__(self, *, norm_type: float = 2.0, nonfinite: str = "skip") -> None:
+        self.norm_type = norm_type
+        self.nonfinite = nonfinite
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(
+                f"`nonfinite` must be one of {NONFINITE_POLICIES}, but got {nonfinite!r}"
+            )
+        self._state: dict[str, Tensor] = {
+            "steps": torch.zeros((), dtype=torch.long),
+            "skipped": torch.zeros((), dtype=torch.long),
+            "clipped": torch.zeros((), dtype=torch.long),
+        }
+        self._state.update(self._initial_state())
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def _initial_state(self) -> dict[str, Tensor]:
+        """Adaptive state tensors (on the host until the first call moves them)."""
+        return {}
+
+    def _total_norm(self, grads: list[Tensor]) -> Tensor:
+        """The pre-clip global norm (overridden where clipping can share the pass)."""
+        return F.total_norm(grads, self.norm_type)
+
+    @abc.abstractmethod
+    def _clip(
+        self, params: list[Tensor], grads: list[Tensor], total: Tensor, finite: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Clip ``grads`` in place; return ``(threshold, clipped)`` as tensors."""
+
+    # -- the contract ------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, parameters: Tensor | Iterable[Tensor]) -> ClipResult:
+        params, grads = F.grads_of(parameters)
+        total = self._total_norm(grads)
+        self._to(total.device)
+        finite = torch.isfinite(total)
+        if self.nonfinite == "raise" and not bool(finite):
+            raise NonFiniteGradientError(
+                f"the total norm of order {self.norm_type} of the gradients is non-finite "
+                f"({total.item()}); fix the loss or learning rate, or set nonfinite='skip' to "
+                "zero such steps instead"
+            )
+        threshold, clipped = self._clip(params, grads, total, finite)
+        if self.nonfinite == "skip":
+            F.zero_nonfinite_(grads, finite)
+        clipped = clipped & finite
+        st = self._state
+        st["steps"] += 1
+        st["skipped"] += (~finite).long()
+        st["clipped"] += clipped.long()
+        result = ClipResult(total, threshold, clipped, finite)
+        self.last_result_ = result
+        return result
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> torch.utils.hooks.RemovableHandle:
+        """Clip the optimizer's parameters before every ``optimizer.step()``.
+
+        Uses ``Optimizer.register_step_pre_hook``; call ``.remove()`` on the returned handle
+        to detach. With ``torch.amp.GradScaler``, ``scaler.step(optimizer)`` unscales before
+        the step, so the clipper measures true (unscaled) gradients; a step the scaler skips
+        for inf/NaN is not seen at all. The latest result is kept in ``last_result_``.
+        """
+
+        def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            self([p for group in opt.param_groups for p in group["params"]])
+
+        return optimizer.register_step_pre_hook(hook)
+
+    def warm_start(self, norms: Sequence[float] | Tensor) -> BaseClipper:
+        """Feed previously observed total norms through the adaptive state (no clipping).
+
+        Non-finite values are ignored, as they would be during training. Returns ``self``.
+        """
+        if not self.adaptive:
+            return self
+        values = torch.as_tensor(norms, dtype=torch.float32).flatten()
+        device = self._state["steps"].device
+        for v in values.to(device):
+            self._observe(v, torch.isfinite(v))
+        return self
+
+    def _observe(self, total: Tensor, finite: Tensor) -> Tensor:
+        """Update adaptive state with one total norm; return the threshold for that step."""
+        raise NotImplementedError
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def steps(self) -> Tensor:
+        """Number of calls so far (tensor)."""
+        return self._state["steps"]
+
+    @property
+    def skipped(self) -> Tensor:
+        """Number of steps whose gradients were non-finite and were zeroed (tensor)."""
+        return self._state["skipped"]
+
+    @property
+    def clipped(self) -> Tensor:
+        """Number of steps that were clipped (tensor)."""
+        return self._state["clipped"]
+
+    def _to(self, device: torch.device) -> None:
+        if self._state["steps"].device != device:
+            self._state = {k: v.to(device) for k, v in self._state.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adaptive state and counters, plus the config, so a resumed run clips identically."""
+        return {
+            "config": self.config,
+            "state": {k: v.detach().clone() for k, v in self._state.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("config", self.config) != self.config:
+            raise ConfigError(
+                f"state_dict was saved by {state_dict['config']}, but this clipper is "
+                f"{self.config}; build the clipper with create_clipper(**config) first"
+            )
+        missing = set(self._state) - set(state_dict["state"])
+        if missing:
+            raise ConfigError(f"state_dict lacks the entries {sorted(missing)}")
+        device = self._state["steps"].device
+        self._state = {
+            k: state_dict["state"][k].detach().clone().to(device) for k in self._state
+        }
+
+    # -- config ------------------------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [n for n, p in sig.parameters.items() if n != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, as stored (scikit-learn's convention)."""
+        return {n: getattr(self, n) for n in self._param_names()}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``{"name": ..., **params}``; ``create_clipper(**config)`` rebuilds this clipper."""
+        return {"name": self.name, **self.get_params()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class NormBasedClipper(BaseClipper):
+    """A clipper that scales all gradients by ``min(1, threshold / total_norm)``.
+
+    Subclasses only decide the threshold, in :meth:`_observe`, from the total norm.
+    """
+
+    def _clip(self, params, grads, total, finite):
+        threshold = self._observe(total, finite)
+        coef = F.norm_clip_coef(total, threshold)
+        clipped = coef < 1.0
+        if self.nonfinite == "skip":
+            coef = torch.where(finite, coef, torch.zeros_like(coef))
+        if grads:
+            F.scale_(grads, coef)
+        return threshold, clipped
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise a ConfigError unless ``value`` is a finite number > 0 (or >= 0)."""
+    ok = isinstance(value, int | float) and value == value and value not in (float("inf"),)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        rule = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"`{name}` must be a finite number {rule}, but got {value!r}")
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Raise a ConfigError unless ``0 < value < 1``."""
+    if not (isinstance(value, int | float) and 0.0 < value < 1.0):
+        raise ConfigError(f"`{name}` must satisfy 0 < {name} < 1, but got {value!r}")

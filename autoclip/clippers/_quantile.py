@@ -1,0 +1,95 @@
+"""Quantile clipping: clip the global norm to a quantile of the norms seen so far.
+
+The idea is AutoClip's (Seetharaman et al. 2020, "AutoClip: Adaptive Gradient Clipping for
+Source Separation Networks"): threshold_t = percentile_p(||g_1||, ..., ||g_t||). The original
+keeps the whole history and recomputes the percentile every step (O(t) per step). Here the
+per-step cost does not grow with t:
+
+* ``method="window"``: the exact ``quantile`` of the last ``window`` norms (the current one
+  included, as in AutoClip), kept in a ring buffer on the device. Equals
+  ``numpy.quantile(last_window, quantile)`` (linear interpolation).
+* ``method="stream"``: the O(1) geometric update of Andrew et al. 2021 ("Differentially
+  Private Learning with Adaptive Clipping", eq. 1): ``C <- C * exp(-lr * (b - quantile))``
+  with ``b = 1`` if the step was not clipped. The long-run fraction of unclipped steps
+  converges to ``quantile`` whatever the norm distribution.
+
+``quantile`` is the fraction of steps meant to pass unclipped: AutoClip's recommended
+10th percentile is ``quantile=0.1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from autoclip.clippers._base import NormBasedClipper, check_fraction, check_positive
+from autoclip.clippers._registry import register_clipper
+from autoclip.errors import ConfigError
+
+METHODS = ("window", "stream")
+
+
+@register_clipper("quantile", "clip the global norm to a quantile of recent norms (AutoClip)")
+class QuantileClip(NormBasedClipper):
+    adaptive = True
+
+    def __init__(
+        self,
+        quantile: float = 0.9,
+        window: int = 1000,
+        method: str = "window",
+        lr: float = 0.2,
+        norm_type: float = 2.0,
+        nonfinite: str = "skip",
+    ) -> None:
+        # 0.9: clip only the top tenth of steps, the conservative end of AutoClip's range.
+        check_fraction("quantile", quantile)
+        if not (isinstance(window, int) and window >= 1):
+            raise ConfigError(f"`window` must be an int >= 1, but got {window!r}")
+        if method not in METHODS:
+            raise ConfigError(f"`method` must be one of {METHODS}, but got {method!r}")
+        check_positive("lr", lr)
+        self.quantile = quantile
+        self.window = window
+        self.method = method
+        self.lr = lr  # 0.2 is Andrew et al.'s geometric learning rate
+        super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+
+    def _initial_state(self):
+        if self.method == "window":
+            # NaN marks an empty slot; nanquantile ignores them, so no count is needed.
+            return {
+                "buffer": torch.full((self.window,), math.nan),
+                "pos": torch.zeros((), dtype=torch.long),
+            }
+        return {"threshold": torch.tensor(math.nan)}
+
+    def _observe(self, total, finite):
+        st = self._state
+        x = total.to(torch.float32)
+        if self.method == "window":
+            buf, pos = st["buffer"], st["pos"]
+            keep = buf.index_select(0, pos.view(1))
+            buf.index_copy_(0, pos.view(1), torch.where(finite, x, keep.squeeze(0)).view(1))
+            st["pos"] = (pos + finite.long()) % self.window
+            threshold = torch.nanquantile(buf, self.quantile)
+        else:
+            c = st["threshold"]
+            threshold = torch.where(torch.isnan(c), x, c)  # first finite norm seeds C
+            unclipped = (x <= threshold).to(torch.float32)
+            updated = threshold * torch.exp(-self.lr * (unclipped - self.quantile))
+            st["threshold"] = torch.where(finite, updated, c)
+        return threshold.to(total.dtype)
+
+    def warm_start(self, norms):
+        """Window: fill the buffer with the last ``window`` finite norms. Stream: start C at
+        the empirical ``quantile`` of the norms, where the geometric update would converge."""
+        if self.method == "window":
+            return super().warm_start(norms)
+        values = torch.as_tensor(norms, dtype=torch.float32).flatten()
+        values = values[torch.isfinite(values)]
+        if values.numel():
+            device = self._state["threshold"].device
+            self._state["threshold"] = torch.quantile(values, self.quantile).to(device)
+        return self
