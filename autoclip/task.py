@@ -1,0 +1,211 @@
+"""Task: everything a trial needs to train a model from scratch, reproducibly.
+
+A Task is the unit autoclip tunes. ``load_task`` turns a command-line TARGET into one:
+``path/to/file.py:name``, ``package.module:name``, or the name of a bundled study
+(``autoclip_studies.<name>.make_task``). ``name`` may be a Task or a function returning one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import random
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoclip.errors import TaskError
+
+__all__ = ["Task", "load_task", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What to train, and how, for one trial.
+
+    Attributes:
+        model_fn: ``() -> nn.Module``; called after seeding, so initial weights are fixed.
+        optimizer_fn: ``(parameters) -> Optimizer`` for the model's parameters.
+        loss_fn: ``(model, batch) -> 0-dim tensor``, the training loss of one batch.
+        batches: a *re-iterable* source of batches (a list, a DataLoader...); training cycles
+            through it as many times as the step budget needs.
+        eval_fn: optional ``(model) -> float``, the held-out loss (lower is better) that the
+            search reports as the final loss when present.
+        seed: seeds model initialisation and anything random in the data order.
+        steps: default number of optimizer steps in one trial.
+        name, description: shown in reports and ``autoclip studies``.
+        target_loss: optional loss level used for "steps to target" (convergence speed).
+        default_clipper: optional clipper config conventional for this kind of model (e.g.
+            ``{"name": "norm", "max_norm": 0.25}`` for word-level LSTMs), a baseline arm.
+    """
+
+    model_fn: Callable[[], nn.Module]
+    optimizer_fn: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor]
+    batches: Iterable[Any]
+    eval_fn: Callable[[nn.Module], float] | None = None
+    seed: int = 0
+    steps: int = 200
+    name: str = "task"
+    description: str = ""
+    target_loss: float | None = None
+    default_clipper: dict[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for attr in ("model_fn", "optimizer_fn", "loss_fn"):
+            if not callable(getattr(self, attr)):
+                raise TaskError(
+                    f"Task.{attr} must be callable, but got {type(getattr(self, attr)).__name__}"
+                )
+        if self.eval_fn is not None and not callable(self.eval_fn):
+            raise TaskError(f"Task.eval_fn must be callable or None, but got {self.eval_fn!r}")
+        if isinstance(self.batches, Iterator):
+            raise TaskError(
+                "Task.batches is a one-shot iterator, so a second trial would see no data; "
+                "pass a list, a tuple or a DataLoader instead"
+            )
+        if not isinstance(self.batches, Iterable):
+            raise TaskError(
+                f"Task.batches must be re-iterable (a list or a DataLoader), "
+                f"but got {type(self.batches).__name__}"
+            )
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise TaskError(f"Task.steps must be an int >= 1, but got {self.steps!r}")
+        if not isinstance(self.seed, int):
+            raise TaskError(f"Task.seed must be an int, but got {self.seed!r}")
+
+    def build(self, seed: int | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Seed everything, then build a fresh model and its optimizer."""
+        seed_everything(self.seed if seed is None else seed)
+        model = self.model_fn()
+        if not isinstance(model, nn.Module):
+            raise TaskError(
+                f"Task.model_fn must return an nn.Module, but returned {type(model).__name__}"
+            )
+        if not any(p.requires_grad for p in model.parameters()):
+            raise TaskError("the model has no trainable parameters (requires_grad=True)")
+        optimizer = self.optimizer_fn(model.parameters())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TaskError(
+                "Task.optimizer_fn must return a torch.optim.Optimizer, "
+                f"but returned {type(optimizer).__name__}"
+            )
+        return model, optimizer
+
+    def batch_stream(self) -> Iterator[Any]:
+        """Cycle through ``batches`` forever (re-iterating, so a shuffling loader reshuffles)."""
+        first = iter(self.batches)
+        try:
+            head = next(first)
+        except StopIteration:
+            raise TaskError("Task.batches is empty: give at least one batch") from None
+        yield head
+        yield from first
+        while True:
+            yield from self.batches
+
+    def compute_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """``loss_fn(model, batch)``, checked to be a 0-dim floating tensor with a graph."""
+        loss = self.loss_fn(model, batch)
+        if not isinstance(loss, torch.Tensor):
+            raise TaskError(
+                f"Task.loss_fn must return a tensor, but returned {type(loss).__name__}"
+            )
+        if loss.numel() != 1:
+            raise TaskError(
+                f"Task.loss_fn must return a scalar, but returned shape {tuple(loss.shape)}; "
+                "reduce it with .mean() or .sum()"
+            )
+        if not loss.requires_grad:
+            raise TaskError(
+                "Task.loss_fn returned a loss that does not require grad; compute it from "
+                "the model's output without torch.no_grad() or .detach()"
+            )
+        return loss.reshape(())
+
+
+def _resolve(obj: Any, target: str) -> Task:
+    if callable(obj) and not isinstance(obj, Task):
+        try:
+            obj = obj()
+        except TaskError:
+            raise
+        except Exception as exc:
+            raise TaskError(f"calling {target!r} to build the Task failed: {exc}") from exc
+    if not isinstance(obj, Task):
+        raise TaskError(
+            f"{target!r} is a {type(obj).__name__}, not an autoclip.Task or a function "
+            "returning one"
+        )
+    return obj
+
+
+def bundled_studies() -> dict[str, str]:
+    """Names of the bundled study tasks and their one-line descriptions."""
+    import pkgutil
+
+    try:
+        pkg = importlib.import_module("autoclip_studies")
+    except ImportError:
+        return {}
+    out = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"autoclip_studies.{info.name}")
+        if hasattr(mod, "make_task"):
+            doc = (mod.__doc__ or "").strip().splitlines()
+            out[info.name] = doc[0] if doc else ""
+    return out
+
+
+def load_task(target: str | Task) -> Task:
+    """Resolve ``file.py:name``, ``package.module:name`` or a bundled study name to a Task."""
+    if isinstance(target, Task):
+        return target
+    if not isinstance(target, str) or not target.strip():
+        raise TaskError(f"a task target must be a non-empty string, but got {target!r}")
+    if ":" not in target:
+        studies = bundled_studies()
+        if target not in studies:
+            raise TaskError(
+                f"no bundled study named {target!r}; use one of {sorted(studies)} or give "
+                "path/to/file.py:name or package.module:name"
+            )
+        module = importlib.import_module(f"autoclip_studies.{target}")
+        return _resolve(module.make_task, target)
+    where, _, attr = target.rpartition(":")
+    if not attr.isidentifier():
+        raise TaskError(f"{target!r}: {attr!r} after the colon is not a Python name")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise TaskError(f"{target!r}: no such file {str(path)!r}")
+        mod_name = f"_autoclip_target_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise TaskError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise TaskError(f"{target!r}: cannot import module {where!r} ({exc})") from exc
+    if not hasattr(module, attr):
+        raise TaskError(f"{target!r}: module {where!r} has no attribute {attr!r}")
+    return _resolve(getattr(module, attr), target)
+

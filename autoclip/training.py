@@ -1,0 +1,193 @@
+"""The one short training loop that the search and the studies share.
+
+``train(task, clipper)`` builds the task's model and optimizer from its seed, trains for a
+fixed number of steps with the clipper attached, and returns a :class:`TrainLog`. A run that
+diverges ends early and says why; it never raises for that.
+
+Divergence (the run stops at the first of these):
+
+* the loss is NaN/inf;
+* the gradient norm is NaN/inf and no clipper is there to skip the step (the weights would be
+  poisoned), or ``max_skipped_in_row`` consecutive steps were skipped by the clipper;
+* the loss exceeds ``explode_factor`` times the first loss.
+
+Losses and norms are copied to the host every ``sync_every`` steps, not every step, so on an
+accelerator the loop does not wait on each step; divergence is detected at those points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from autoclip import functional as F
+from autoclip.clippers import BaseClipper, create_clipper
+from autoclip.task import Task
+
+__all__ = ["TrainLog", "train"]
+
+# A loss 1000x its starting value is not coming back within a short trial.
+EXPLODE_FACTOR = 1e3
+# Ten skipped steps in a row: the clipper is hiding a run that has already diverged.
+MAX_SKIPPED_IN_ROW = 10
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """Per-step record of one training run.
+
+    ``thresholds`` is NaN where no clipper ran. ``clipped`` counts clipped steps.
+    ``eval_loss`` is ``task.eval_fn(model)`` after training (None without one, or if diverged).
+    """
+
+    losses: tuple[float, ...]
+    norms: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    clipped: tuple[bool, ...]
+    planned_steps: int
+    diverged: bool = False
+    reason: str | None = None
+    eval_loss: float | None = None
+    clipper: dict[str, Any] | None = None
+    lr_scale: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.losses)
+
+    @property
+    def clipped_fraction(self) -> float:
+        return sum(self.clipped) / len(self.clipped) if self.clipped else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("losses", "norms", "thresholds", "clipped"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainLog:
+        d = dict(d)
+        for k in ("losses", "norms", "thresholds", "clipped"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def _as_clipper(clipper: BaseClipper | dict[str, Any] | None) -> BaseClipper | None:
+    if clipper is None or isinstance(clipper, BaseClipper):
+        return clipper
+    return create_clipper(**clipper)
+
+
+def train(
+    task: Task,
+    clipper: BaseClipper | dict[str, Any] | None = None,
+    *,
+    steps: int | None = None,
+    seed: int | None = None,
+    lr_scale: float = 1.0,
+    callback: Callable[[int, float], None] | None = None,
+    sync_every: int = 10,
+) -> TrainLog:
+    """Train ``task`` from scratch with ``clipper`` attached; return the log.
+
+    Args:
+        clipper: a clipper, a clipper config dict, or None for no clipping. A clipper object
+            is used as given (warm-started state included).
+        steps: optimizer steps (default ``task.steps``).
+        seed: overrides ``task.seed`` for model init and data order.
+        lr_scale: multiplies every parameter group's learning rate (for joint lr search).
+        callback: ``(step, loss)`` called at each sync point with the latest loss, e.g. to
+            report to an Optuna trial; it may raise (``optuna.TrialPruned``) to stop the run.
+    """
+    steps = task.steps if steps is None else steps
+    clip = _as_clipper(clipper)
+    model, optimizer = task.build(seed)
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * lr_scale
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    model.train()
+
+    losses: list[float] = []
+    norms: list[float] = []
+    thresholds: list[float] = []
+    clipped: list[bool] = []
+    pending: list[tuple[torch.Tensor, ...]] = []
+    reason: str | None = None
+    skipped_in_row = 0
+    nan = torch.tensor(math.nan)
+
+    def flush() -> str | None:
+        nonlocal skipped_in_row
+        if not pending:
+            return None
+        rows = torch.stack([torch.stack([t.detach().double().cpu() for t in row])
+                            for row in pending]).tolist()
+        pending.clear()
+        for loss, norm, thr, was_clipped, finite in rows:
+            step = len(losses)
+            losses.append(loss)
+            norms.append(norm)
+            thresholds.append(thr)
+            clipped.append(bool(was_clipped))
+            if not math.isfinite(loss):
+                return f"non-finite loss ({loss}) at step {step}"
+            if not finite:
+                if clip is None:
+                    return f"non-finite gradient norm at step {step} (no clipper to skip it)"
+                skipped_in_row += 1
+                if skipped_in_row >= MAX_SKIPPED_IN_ROW:
+                    return f"{MAX_SKIPPED_IN_ROW} non-finite gradient steps in a row by {step}"
+            else:
+                skipped_in_row = 0
+            if losses[0] > 0 and loss > EXPLODE_FACTOR * losses[0]:
+                return f"loss exploded to {loss:.4g} (> {EXPLODE_FACTOR:g}x the first) at step {step}"
+        return None
+
+    stream = task.batch_stream()
+    for step in range(steps):
+        batch = next(stream)
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.compute_loss(model, batch)
+        loss.backward()
+        if clip is None:
+            with torch.no_grad():
+                total = F.total_norm([p.grad for p in params if p.grad is not None])
+            row = (loss.detach(), total, nan, torch.tensor(0.0), torch.isfinite(total))
+        else:
+            r = clip(params)
+            row = (loss.detach(), r.total_norm, r.threshold, r.clipped, r.finite)
+        pending.append(row)
+        optimizer.step()
+        if (step + 1) % sync_every == 0 or step == steps - 1:
+            reason = flush()
+            if reason is not None:
+                break
+            if callback is not None:
+                callback(step, losses[-1])
+
+    eval_loss = None
+    if reason is None and task.eval_fn is not None:
+        model.eval()
+        with torch.no_grad():
+            eval_loss = float(task.eval_fn(model))
+        if not math.isfinite(eval_loss):
+            reason = f"non-finite evaluation loss ({eval_loss})"
+            eval_loss = None
+    return TrainLog(
+        losses=tuple(losses),
+        norms=tuple(norms),
+        thresholds=tuple(thresholds),
+        clipped=tuple(clipped),
+        planned_steps=steps,
+        diverged=reason is not None,
+        reason=reason,
+        eval_loss=eval_loss,
+        clipper=None if clip is None else clip.config,
+        lr_scale=lr_scale,
+    )
