@@ -22,6 +22,9 @@ from autoclip.errors import (
     TaskError,
 )
 
+from autoclip.task import Task, load_task
+from autoclip.training import TrainLog, train
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -35,11 +38,15 @@ __all__ = [
     "NormClip",
     "QuantileClip",
     "StorageError",
+    "Task",
     "TaskError",
+    "TrainLog",
     "ValueClip",
     "ZScoreClip",
     "create_clipper",
     "functional",
     "list_clippers",
+    "load_task",
     "register_clipper",
+    "train",
 ]

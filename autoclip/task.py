@@ -208,4 +208,3 @@ def load_task(target: str | Task) -> Task:
     if not hasattr(module, attr):
         raise TaskError(f"{target!r}: module {where!r} has no attribute {attr!r}")
     return _resolve(getattr(module, attr), target)
-

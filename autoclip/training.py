@@ -126,8 +126,9 @@ def train(
         nonlocal skipped_in_row
         if not pending:
             return None
-        rows = torch.stack([torch.stack([t.detach().double().cpu() for t in row])
-                            for row in pending]).tolist()
+        rows = torch.stack(
+            [torch.stack([t.detach().double().cpu() for t in row]) for row in pending]
+        ).tolist()
         pending.clear()
         for loss, norm, thr, was_clipped, finite in rows:
             step = len(losses)
@@ -146,7 +147,9 @@ def train(
             else:
                 skipped_in_row = 0
             if losses[0] > 0 and loss > EXPLODE_FACTOR * losses[0]:
-                return f"loss exploded to {loss:.4g} (> {EXPLODE_FACTOR:g}x the first) at step {step}"
+                return (
+                    f"loss exploded to {loss:.4g} (> {EXPLODE_FACTOR:g}x the first) at step {step}"
+                )
         return None
 
     stream = task.batch_stream()
