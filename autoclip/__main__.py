@@ -1,0 +1,5 @@
+"""``python -m autoclip`` runs the command line."""
+
+from autoclip.cli import main
+
+main()

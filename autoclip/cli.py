@@ -1,0 +1,295 @@
+"""The ``autoclip`` command line: each command parses, calls one library function, prints.
+
+Errors a user can cause end with one line naming the fix and a non-zero exit code: 2 for
+usage errors (bad options, a TARGET that cannot be loaded), 1 for failures while running.
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from autoclip import report
+from autoclip.errors import AutoclipError, ConfigError, TaskError
+
+DEFAULT_STORAGE = "autoclip.journal"  # in the working directory, so a rerun resumes
+DEFAULT_OUT = "autoclip-out"
+
+
+class _Ctx:
+    debug = False
+
+
+def _run(fn):
+    """Turn autoclip's errors into one clean line and the right exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if _Ctx.debug:
+                raise
+            if isinstance(exc, TaskError | ConfigError):
+                raise click.UsageError(str(exc)) from None
+            if isinstance(exc, AutoclipError):
+                raise click.ClickException(str(exc)) from None
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            ) from None
+
+    return wrapper
+
+
+def _progress(label: str, enabled: bool):
+    """A (callback, close) pair driving a click progress bar on stderr."""
+    if not enabled:
+        return None, lambda: None
+    state = {"bar": None, "done": 0}
+
+    def update(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr)
+            state["bar"].__enter__()
+        state["bar"].update(max(0, done - state["done"]))
+        state["done"] = max(done, state["done"])
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+
+    return update, close
+
+
+def _weights(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        w = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three numbers like 1,0.2,0.5, got {value!r}") from None
+    if len(w) != 3 or any(x < 0 for x in w) or sum(w) <= 0:
+        raise click.BadParameter(
+            f"expected three non-negative weights (final loss, speed, instability) with a "
+            f"positive sum, got {value!r}"
+        )
+    return w
+
+
+def _emit(text: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="autoclip-tuner", prog_name="autoclip")
+def main(debug: bool) -> None:
+    """Measure gradients and choose a gradient-clipping setting for a model.
+
+    \b
+    Example:
+      autoclip studies                  # bundled benchmark tasks
+      autoclip probe digits_mlp         # warm-up statistics and a proposal
+      autoclip tune digits_mlp          # Optuna search; rerun to resume
+    """
+    _Ctx.debug = debug
+
+
+@main.command()
+@click.argument("target")
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Trials in the study, in total across workers and reruns.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per trial "
+              "[default: the task's].")
+@click.option("--mode", type=click.Choice(["pareto", "single"]), default="pareto",
+              show_default=True, help="Pareto over (final loss, speed, instability), or final "
+              "loss alone with pruning and an instability constraint.")
+@click.option("--weights", callback=_weights, metavar="F,S,I",
+              help="Weights of final loss, speed and instability for choosing from the Pareto "
+              "front [default: its knee].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Sampler seed.")
+@click.option("--storage", envvar="AUTOCLIP_STORAGE", default=DEFAULT_STORAGE,
+              show_default=True, help="Journal file path or Optuna storage URL "
+              "(postgresql://...); env AUTOCLIP_STORAGE. Use ':memory:' for none.")
+@click.option("--study", "study_name", envvar="AUTOCLIP_STUDY",
+              help="Study name [default: autoclip-<task name>]; rerunning resumes it.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Local worker processes.")
+@click.option("--probe-steps", default=50, show_default=True, type=click.IntRange(min=2),
+              help="Warm-up steps of the probe.")
+@click.option("--tune-lr", is_flag=True, help="Also search a learning-rate multiplier.")
+@click.option("--out", "out_dir", envvar="AUTOCLIP_OUT", default=DEFAULT_OUT,
+              show_default=True, type=click.Path(file_okay=False),
+              help="Where result.json, report.md and plots go; env AUTOCLIP_OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no table.")
+@_run
+def tune(target, trials, steps, mode, weights, seed, storage, study_name, workers,
+         probe_steps, tune_lr, out_dir, as_json, quiet):
+    """Search clipping settings for TARGET with Optuna and report the choice.
+
+    TARGET is path/to/file.py:name, package.module:name, or a bundled study name; name is
+    an autoclip.Task or a function returning one.
+
+    \b
+    Example:
+      autoclip tune digits_mlp --trials 12
+      autoclip tune my_model.py:make_task --storage postgresql://me@db/autoclip --workers 2
+    """
+    from autoclip.search import tune as run_tune
+
+    progress, close = _progress("trials", not (quiet or as_json))
+    try:
+        result = run_tune(
+            target,
+            n_trials=trials,
+            steps=steps,
+            mode=mode,
+            weights=weights,
+            storage=None if storage == ":memory:" else storage,
+            study_name=study_name,
+            seed=seed,
+            workers=workers,
+            probe_steps=probe_steps,
+            tune_lr=tune_lr,
+            progress=progress,
+        )
+    finally:
+        close()
+    files = report.write_tune_outputs(result, Path(out_dir))
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        _emit(report.format_tune(result), quiet)
+        _emit("wrote " + ", ".join(str(f) for f in files), quiet)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=2),
+              help="Warm-up steps.")
+@click.option("--out", "out_dir", envvar="AUTOCLIP_OUT", default=DEFAULT_OUT,
+              show_default=True, type=click.Path(file_okay=False),
+              help="Where proposal.json and plots go; env AUTOCLIP_OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the proposal as JSON only.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_run
+def probe(target, steps, out_dir, as_json, quiet):
+    """Warm up TARGET, print its gradient statistics and the proposed clipper (fast path).
+
+    TARGET is path/to/file.py:name, package.module:name, or a bundled study name.
+
+    \b
+    Example:
+      autoclip probe digits_mlp --steps 100
+      autoclip probe my_model.py:make_task --json > proposal.json
+    """
+    from autoclip.probe import probe_task
+    from autoclip.propose import propose
+    from autoclip.stats import compute_stats
+    from autoclip.task import load_task
+
+    task = load_task(target)
+    progress, close = _progress("warm-up", not (quiet or as_json))
+    try:
+        trace = probe_task(task, steps=steps, progress=progress)
+    finally:
+        close()
+    proposal = propose(compute_stats(trace))
+    files = report.write_probe_outputs(proposal, Path(out_dir))
+    if as_json:
+        click.echo(proposal.to_json())
+    else:
+        click.echo(proposal.summary())
+        _emit("wrote " + ", ".join(str(f) for f in files), quiet)
+
+
+@main.command(name="report")
+@click.option("--storage", envvar="AUTOCLIP_STORAGE", default=DEFAULT_STORAGE,
+              show_default=True, help="Journal file path or storage URL; env AUTOCLIP_STORAGE.")
+@click.option("--study", "study_name", envvar="AUTOCLIP_STUDY",
+              help="Study name [default: the storage's only study].")
+@click.option("--weights", callback=_weights, metavar="F,S,I",
+              help="Weights for choosing from the Pareto front [default: its knee].")
+@click.option("--out", "out_dir", envvar="AUTOCLIP_OUT", default=DEFAULT_OUT,
+              show_default=True, type=click.Path(file_okay=False), help="Where plots go.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
+@_run
+def report_cmd(storage, study_name, weights, out_dir, as_json):
+    """Summarise an existing study from its storage and write its plots.
+
+    \b
+    Example:
+      autoclip report                                   # ./autoclip.journal
+      autoclip report --storage postgresql://me@db/autoclip --study autoclip-digits_mlp
+    """
+    from autoclip.search import load_result
+
+    if "://" not in storage and not Path(storage).exists():
+        raise click.BadParameter(
+            f"no storage file {storage!r}; run `autoclip tune` first or pass --storage",
+            param_hint="--storage",
+        )
+    result = load_result(storage, study_name, weights=weights)
+    files = report.write_tune_outputs(result, Path(out_dir))
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        click.echo(report.format_tune(result))
+        click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def studies(ctx):
+    """List the bundled benchmark studies (each usable as a TARGET), or run one.
+
+    \b
+    Example:
+      autoclip studies
+      autoclip studies run digits_mlp --seeds 3
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from autoclip.task import bundled_studies
+
+    found = bundled_studies()
+    width = max((len(n) for n in found), default=0)
+    for name, line in sorted(found.items()):
+        click.echo(f"{name.ljust(width)}  {line}")
+
+
+@studies.command(name="run")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--smoke", is_flag=True, help="A tiny, fast subset.")
+@click.option("--out", "out_dir", default="studies/results", show_default=True,
+              type=click.Path(file_okay=False))
+@_run
+def studies_run(names, seeds, smoke, out_dir):
+    """Run the comparison of clipping arms on bundled studies and write its tables.
+
+    \b
+    Example:
+      autoclip studies run digits_mlp lstm_adding --seeds 3
+    """
+    from autoclip.task import bundled_studies
+
+    known = bundled_studies()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown studies {unknown}; choose from {sorted(known)}")
+    from autoclip_studies import compare
+
+    compare.run(list(names), seeds=seeds, smoke=smoke, out=Path(out_dir))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
