@@ -36,7 +36,7 @@ def _run(fn):
         except Exception as exc:
             if _Ctx.debug:
                 raise
-            if isinstance(exc, TaskError | ConfigError):
+            if isinstance(exc, ConfigError):
                 raise click.UsageError(str(exc)) from None
             if isinstance(exc, AutoclipError):
                 raise click.ClickException(str(exc)) from None
@@ -80,6 +80,16 @@ def _weights(ctx, param, value):
             f"positive sum, got {value!r}"
         )
     return w
+
+
+def _load(target: str):
+    """Load TARGET; a target that cannot be loaded is a usage error (exit 2)."""
+    from autoclip.task import load_task
+
+    try:
+        return load_task(target)
+    except TaskError as exc:
+        raise click.BadParameter(str(exc), param_hint="TARGET") from None
 
 
 def _emit(text: str, quiet: bool) -> None:
@@ -145,10 +155,11 @@ def tune(target, trials, steps, mode, weights, seed, storage, study_name, worker
     """
     from autoclip.search import tune as run_tune
 
+    task = _load(target)
     progress, close = _progress("trials", not (quiet or as_json))
     try:
         result = run_tune(
-            target,
+            target if workers > 1 else task,
             n_trials=trials,
             steps=steps,
             mode=mode,
@@ -194,9 +205,8 @@ def probe(target, steps, out_dir, as_json, quiet):
     from autoclip.probe import probe_task
     from autoclip.propose import propose
     from autoclip.stats import compute_stats
-    from autoclip.task import load_task
 
-    task = load_task(target)
+    task = _load(target)
     progress, close = _progress("warm-up", not (quiet or as_json))
     try:
         trace = probe_task(task, steps=steps, progress=progress)
