@@ -21,7 +21,6 @@ from autoclip.errors import (
     StorageError,
     TaskError,
 )
-
 from autoclip.task import Task, load_task
 from autoclip.training import TrainLog, train
 

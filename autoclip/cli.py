@@ -114,35 +114,89 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.argument("target")
-@click.option("--trials", default=20, show_default=True, type=click.IntRange(min=1),
-              help="Trials in the study, in total across workers and reruns.")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps per trial "
-              "[default: the task's].")
-@click.option("--mode", type=click.Choice(["pareto", "single"]), default="pareto",
-              show_default=True, help="Pareto over (final loss, speed, instability), or final "
-              "loss alone with pruning and an instability constraint.")
-@click.option("--weights", callback=_weights, metavar="F,S,I",
-              help="Weights of final loss, speed and instability for choosing from the Pareto "
-              "front [default: its knee].")
+@click.option(
+    "--trials",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Trials in the study, in total across workers and reruns.",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), help="Training steps per trial [default: the task's]."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["pareto", "single"]),
+    default="pareto",
+    show_default=True,
+    help="Pareto over (final loss, speed, instability), or final "
+    "loss alone with pruning and an instability constraint.",
+)
+@click.option(
+    "--weights",
+    callback=_weights,
+    metavar="F,S,I",
+    help="Weights of final loss, speed and instability for choosing from the Pareto "
+    "front [default: its knee].",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampler seed.")
-@click.option("--storage", envvar="AUTOCLIP_STORAGE", default=DEFAULT_STORAGE,
-              show_default=True, help="Journal file path or Optuna storage URL "
-              "(postgresql://...); env AUTOCLIP_STORAGE. Use ':memory:' for none.")
-@click.option("--study", "study_name", envvar="AUTOCLIP_STUDY",
-              help="Study name [default: autoclip-<task name>]; rerunning resumes it.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Local worker processes.")
-@click.option("--probe-steps", default=50, show_default=True, type=click.IntRange(min=2),
-              help="Warm-up steps of the probe.")
+@click.option(
+    "--storage",
+    envvar="AUTOCLIP_STORAGE",
+    default=DEFAULT_STORAGE,
+    show_default=True,
+    help="Journal file path or Optuna storage URL "
+    "(postgresql://...); env AUTOCLIP_STORAGE. Use ':memory:' for none.",
+)
+@click.option(
+    "--study",
+    "study_name",
+    envvar="AUTOCLIP_STUDY",
+    help="Study name [default: autoclip-<task name>]; rerunning resumes it.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Local worker processes.",
+)
+@click.option(
+    "--probe-steps",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Warm-up steps of the probe.",
+)
 @click.option("--tune-lr", is_flag=True, help="Also search a learning-rate multiplier.")
-@click.option("--out", "out_dir", envvar="AUTOCLIP_OUT", default=DEFAULT_OUT,
-              show_default=True, type=click.Path(file_okay=False),
-              help="Where result.json, report.md and plots go; env AUTOCLIP_OUT.")
+@click.option(
+    "--out",
+    "out_dir",
+    envvar="AUTOCLIP_OUT",
+    default=DEFAULT_OUT,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where result.json, report.md and plots go; env AUTOCLIP_OUT.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, no table.")
 @_run
-def tune(target, trials, steps, mode, weights, seed, storage, study_name, workers,
-         probe_steps, tune_lr, out_dir, as_json, quiet):
+def tune(
+    target,
+    trials,
+    steps,
+    mode,
+    weights,
+    seed,
+    storage,
+    study_name,
+    workers,
+    probe_steps,
+    tune_lr,
+    out_dir,
+    as_json,
+    quiet,
+):
     """Search clipping settings for TARGET with Optuna and report the choice.
 
     TARGET is path/to/file.py:name, package.module:name, or a bundled study name; name is
@@ -174,7 +228,7 @@ def tune(target, trials, steps, mode, weights, seed, storage, study_name, worker
         )
     finally:
         close()
-    files = report.write_tune_outputs(result, Path(out_dir))
+    files = report.write_tune_report(result, Path(out_dir)).values()
     if as_json:
         click.echo(result.to_json())
     else:
@@ -184,11 +238,18 @@ def tune(target, trials, steps, mode, weights, seed, storage, study_name, worker
 
 @main.command()
 @click.argument("target")
-@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=2),
-              help="Warm-up steps.")
-@click.option("--out", "out_dir", envvar="AUTOCLIP_OUT", default=DEFAULT_OUT,
-              show_default=True, type=click.Path(file_okay=False),
-              help="Where proposal.json and plots go; env AUTOCLIP_OUT.")
+@click.option(
+    "--steps", default=50, show_default=True, type=click.IntRange(min=2), help="Warm-up steps."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    envvar="AUTOCLIP_OUT",
+    default=DEFAULT_OUT,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where proposal.json and plots go; env AUTOCLIP_OUT.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the proposal as JSON only.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_run
@@ -213,7 +274,7 @@ def probe(target, steps, out_dir, as_json, quiet):
     finally:
         close()
     proposal = propose(compute_stats(trace))
-    files = report.write_probe_outputs(proposal, Path(out_dir))
+    files = report.write_probe_report(proposal, Path(out_dir), prefix="proposal").values()
     if as_json:
         click.echo(proposal.to_json())
     else:
@@ -222,14 +283,34 @@ def probe(target, steps, out_dir, as_json, quiet):
 
 
 @main.command(name="report")
-@click.option("--storage", envvar="AUTOCLIP_STORAGE", default=DEFAULT_STORAGE,
-              show_default=True, help="Journal file path or storage URL; env AUTOCLIP_STORAGE.")
-@click.option("--study", "study_name", envvar="AUTOCLIP_STUDY",
-              help="Study name [default: the storage's only study].")
-@click.option("--weights", callback=_weights, metavar="F,S,I",
-              help="Weights for choosing from the Pareto front [default: its knee].")
-@click.option("--out", "out_dir", envvar="AUTOCLIP_OUT", default=DEFAULT_OUT,
-              show_default=True, type=click.Path(file_okay=False), help="Where plots go.")
+@click.option(
+    "--storage",
+    envvar="AUTOCLIP_STORAGE",
+    default=DEFAULT_STORAGE,
+    show_default=True,
+    help="Journal file path or storage URL; env AUTOCLIP_STORAGE.",
+)
+@click.option(
+    "--study",
+    "study_name",
+    envvar="AUTOCLIP_STUDY",
+    help="Study name [default: the storage's only study].",
+)
+@click.option(
+    "--weights",
+    callback=_weights,
+    metavar="F,S,I",
+    help="Weights for choosing from the Pareto front [default: its knee].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    envvar="AUTOCLIP_OUT",
+    default=DEFAULT_OUT,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where plots go.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 @_run
 def report_cmd(storage, study_name, weights, out_dir, as_json):
@@ -248,7 +329,7 @@ def report_cmd(storage, study_name, weights, out_dir, as_json):
             param_hint="--storage",
         )
     result = load_result(storage, study_name, weights=weights)
-    files = report.write_tune_outputs(result, Path(out_dir))
+    files = report.write_tune_report(result, Path(out_dir)).values()
     if as_json:
         click.echo(result.to_json())
     else:
@@ -280,8 +361,13 @@ def studies(ctx):
 @click.argument("names", nargs=-1, required=True)
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--smoke", is_flag=True, help="A tiny, fast subset.")
-@click.option("--out", "out_dir", default="studies/results", show_default=True,
-              type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    default="studies/results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+)
 @_run
 def studies_run(names, seeds, smoke, out_dir):
     """Run the comparison of clipping arms on bundled studies and write its tables.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -146,18 +147,49 @@ def unitwise_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
-def unitwise_norms(grads: list[Tensor]) -> list[Tensor]:
-    """:func:`unitwise_norm` of every tensor in ``grads``."""
-    return [unitwise_norm(g) for g in grads]
+def unitwise_norms(tensors: list[Tensor]) -> list[Tensor]:
+    """:func:`unitwise_norm` of every tensor in ``tensors``."""
+    return [unitwise_norm(t) for t in tensors]
 
 
 def norm_from_unitwise(norms: list[Tensor]) -> Tensor:
-    """Global 2-norm assembled from unit norms (float32 or wider), without touching the grads."""
-    if not norms:
-        return torch.zeros(())
-    device = norms[0].device
-    sq = [n.to(device=device, dtype=torch.promote_types(n.dtype, torch.float32)) for n in norms]
-    return torch.stack([n.square().sum() for n in sq]).sum().sqrt()
+    """Global 2-norm assembled from unit norms, without touching the gradients again."""
+    return total_norm(norms, 2.0)
+
+
+def _unit_dims(t: Tensor) -> int | tuple[int, ...]:
+    return 1 if t.ndim == 2 else tuple(range(1, t.ndim))
+
+
+class _Units(NamedTuple):
+    """Every unit's 2-norm in one vector, and where each tensor's units sit in it.
+
+    ``norms`` holds the units of each >= 2-D tensor listed in ``multi`` (in that order), then
+    one norm per 0/1-D tensor listed in ``whole``. One vector lets AGC compute every
+    coefficient with a handful of ops, instead of a handful per tensor.
+    """
+
+    norms: Tensor  # [units], on the first tensor's device
+    multi: list[int]
+    whole: list[int]
+    one_device: bool
+
+
+def _units(tensors: list[Tensor]) -> _Units:
+    device = tensors[0].device
+    one_device = all(t.device == device for t in tensors)
+    multi = [i for i, t in enumerate(tensors) if t.ndim > 1]
+    whole = [i for i, t in enumerate(tensors) if t.ndim <= 1]
+    parts = [torch.linalg.vector_norm(tensors[i], dim=_unit_dims(tensors[i])) for i in multi]
+    if whole:
+        group = [tensors[i] for i in whole]
+        if one_device and _foreach_ok(device, None):
+            parts.append(torch.stack(torch._foreach_norm(group)))  # one call for all biases
+        else:
+            parts.append(torch.stack([torch.linalg.vector_norm(t).to(device) for t in group]))
+    if not one_device:
+        parts = [p.to(device) for p in parts]
+    return _Units(torch.cat(parts), multi, whole, one_device)
 
 
 @torch.no_grad()
@@ -165,9 +197,6 @@ def agc_(
     parameters: Tensor | Iterable[Tensor],
     clipping: float = 0.01,
     eps: float = 1e-3,
-    *,
-    grad_norms: list[Tensor] | None = None,
-    finite: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Unit-wise adaptive gradient clipping (Brock et al. 2021, "High-Performance Large-Scale
     Image Recognition Without Normalization", eq. 3), in place.
@@ -177,23 +206,42 @@ def agc_(
         G_i <- G_i * min(1, clipping * max(||W_i||, eps) / ||G_i||)
 
     Returns ``(pre-clip total 2-norm, clipped)``, where ``clipped`` is a bool tensor telling
-    whether any unit was scaled down. ``grad_norms`` (from :func:`unitwise_norms`) saves the
-    norm pass when the caller already has them; the total norm is assembled from them, so AGC
-    reads every gradient only twice. ``finite=False`` zeroes the coefficients (a skipped step).
+    whether any unit was scaled down. The total norm is assembled from the unit norms, so AGC
+    reads every gradient only twice (norms, then the scaling).
     """
     params, grads = grads_of(parameters)
-    if grad_norms is None:
-        grad_norms = unitwise_norms(grads)
-    total = norm_from_unitwise(grad_norms)
     if not params:
-        return total, torch.zeros((), dtype=torch.bool)
-    mins = []
-    for p, g, g_norm in zip(params, grads, grad_norms, strict=True):
-        max_norm = unitwise_norm(p).clamp_(min=eps).mul_(clipping)
-        coef = (max_norm / g_norm.clamp(min=NORM_EPS)).clamp_(max=1.0)
-        mins.append(coef.min().to(total.device))
-        if finite is not None:
-            coef = coef * finite.to(coef.device)
-        g.mul_(coef)
-    clipped = torch.stack(mins).min() < 1.0
-    return total, clipped
+        return torch.zeros(()), torch.zeros((), dtype=torch.bool)
+    units = _units(grads)
+    return torch.linalg.vector_norm(units.norms), _agc_scale_(params, grads, units, clipping, eps)
+
+
+def _agc_scale_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    units: _Units,
+    clipping: float,
+    eps: float,
+    finite: Tensor | None = None,
+) -> Tensor:
+    """The scaling half of :func:`agc_`, given the gradients' :func:`_units`; returns whether
+    any unit was scaled down. ``finite=False`` zeroes every coefficient (a skipped step)."""
+    g_units, multi, whole, one_device = units
+    allowed = _units(params).norms.clamp_(min=eps).mul_(clipping).to(g_units.device)
+    coef = (allowed / g_units.clamp(min=NORM_EPS)).clamp_(max=1.0)  # [units]
+    clipped = coef.min() < 1.0
+    if finite is not None:
+        coef = coef * finite.to(coef.device)
+    sizes = [grads[i].shape[0] for i in multi] + ([len(whole)] if whole else [])
+    pieces = list(coef.unsqueeze(1).split(sizes))  # [out, 1]: broadcasts over a 2-D weight
+    targets = [grads[i] for i in multi]
+    for k, g in enumerate(targets):
+        if g.ndim > 2:  # [out, 1, 1, ...] for a conv weight
+            pieces[k] = pieces[k].view(-1, *([1] * (g.ndim - 1)))
+    if whole:
+        targets += [grads[i] for i in whole]
+        pieces[-1:] = pieces[-1].view(-1).unbind()  # one 0-dim coefficient per bias
+    if not one_device:
+        pieces = [c.to(g.device) for c, g in zip(pieces, targets, strict=True)]
+    torch._foreach_mul_(targets, pieces)
+    return clipped

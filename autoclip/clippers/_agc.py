@@ -29,18 +29,23 @@ class AGC(BaseClipper):
         self.eps = eps
         super().__init__(norm_type=2.0, nonfinite=nonfinite)
 
+    def _initial_state(self):
+        return {"clipping": torch.tensor(float(self.clipping))}
+
     def _total_norm(self, grads):
         # The unit norms give the global norm for free; keep them for _clip.
-        self._grad_norms = F.unitwise_norms(grads)
-        return F.norm_from_unitwise(self._grad_norms)
+        if not grads:
+            self._units = None
+            return torch.zeros(())
+        self._units = F._units(grads)
+        return torch.linalg.vector_norm(self._units.norms)
 
     def _clip(self, params, grads, total, finite):
-        grad_norms, self._grad_norms = self._grad_norms, None
-        _, clipped = F.agc_(
-            params,
-            self.clipping,
-            self.eps,
-            grad_norms=grad_norms,
-            finite=finite if self.nonfinite == "skip" else None,
+        units, self._units = self._units, None
+        if units is None:
+            return self._state["clipping"], torch.zeros((), dtype=torch.bool, device=total.device)
+        skip = self.nonfinite == "skip"
+        clipped = F._agc_scale_(
+            params, grads, units, self.clipping, self.eps, finite if skip else None
         )
-        return torch.tensor(float(self.clipping), device=total.device), clipped
+        return self._state["clipping"], clipped

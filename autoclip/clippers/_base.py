@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -60,6 +61,8 @@ class BaseClipper(abc.ABC):
     def __init__(self, *, norm_type: float = 2.0, nonfinite: str = "skip") -> None:
         self.norm_type = norm_type
         self.nonfinite = nonfinite
+        if not (isinstance(norm_type, int | float) and norm_type > 0):  # NaN fails too
+            raise ConfigError(f"`norm_type` must be a number > 0 or inf, but got {norm_type!r}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(
                 f"`nonfinite` must be one of {NONFINITE_POLICIES}, but got {nonfinite!r}"
@@ -92,7 +95,8 @@ class BaseClipper(abc.ABC):
         params, grads = F.grads_of(parameters)
         total = self._total_norm(grads)
         self._to(total.device)
-        finite = torch.isfinite(total)
+        # A norm is >= 0 or NaN, so one comparison is isfinite (which costs four small ops).
+        finite = total < math.inf
         if self.nonfinite == "raise" and not bool(finite):
             raise NonFiniteGradientError(
                 f"the total norm of order {self.norm_type} of the gradients is non-finite "
@@ -105,8 +109,8 @@ class BaseClipper(abc.ABC):
         clipped = clipped & finite
         st = self._state
         st["steps"] += 1
-        st["skipped"] += (~finite).long()
-        st["clipped"] += clipped.long()
+        st["skipped"] += ~finite
+        st["clipped"] += clipped
         result = ClipResult(total, threshold, clipped, finite)
         self.last_result_ = result
         return result
@@ -179,9 +183,7 @@ class BaseClipper(abc.ABC):
         if missing:
             raise ConfigError(f"state_dict lacks the entries {sorted(missing)}")
         device = self._state["steps"].device
-        self._state = {
-            k: state_dict["state"][k].detach().clone().to(device) for k in self._state
-        }
+        self._state = {k: state_dict["state"][k].detach().clone().to(device) for k in self._state}
 
     # -- config ------------------------------------------------------------------------------
     @classmethod
@@ -211,13 +213,20 @@ class NormBasedClipper(BaseClipper):
 
     def _clip(self, params, grads, total, finite):
         threshold = self._observe(total, finite)
-        coef = F.norm_clip_coef(total, threshold)
+        return threshold, self._scale_to(grads, total, finite, threshold)
+
+    def _scale_to(
+        self, grads: list[Tensor], total: Tensor, finite: Tensor, max_norm: Tensor | float
+    ) -> Tensor:
+        """Scale ``grads`` by ``min(1, max_norm / (total + 1e-6))`` (0 for a skipped step);
+        return whether that scaled them down."""
+        coef = F.norm_clip_coef(total, max_norm)
         clipped = coef < 1.0
         if self.nonfinite == "skip":
-            coef = torch.where(finite, coef, torch.zeros_like(coef))
+            coef = torch.where(finite, coef, 0.0)
         if grads:
             F.scale_(grads, coef)
-        return threshold, clipped
+        return clipped
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from autoclip import functional as F
 from autoclip.clippers._base import BaseClipper, NormBasedClipper, check_positive
@@ -25,42 +28,75 @@ class NormClip(NormBasedClipper):
     def _initial_state(self):
         return {"max_norm": torch.tensor(float(self.max_norm))}
 
-    def _observe(self, total, finite):
-        # torch multiplies by (python float max_norm) / (norm + 1e-6); a 0-dim float32 tensor
-        # divided the same way gives the identical result in the norm's dtype.
-        return self._state["max_norm"].to(total.dtype)
+    def _clip(self, params, grads, total, finite):
+        # torch computes `max_norm / (norm + 1e-6)` with max_norm a Python float (a reciprocal
+        # then a multiply, in the norm's dtype); passing the float, not a tensor, keeps the
+        # clipped gradients bit-identical to clip_grad_norm_ in every dtype.
+        clipped = self._scale_to(grads, total, finite, float(self.max_norm))
+        return self._state["max_norm"].to(total.dtype), clipped
+
+
+def _on_host(grads: list[torch.Tensor]) -> bool:
+    """Whether every gradient is in host memory (where per-tensor loops and branches are free)."""
+    return all(g.is_cpu for g in grads)
 
 
 @register_clipper("value", "clamp every gradient element to [-clip_value, clip_value]")
 class ValueClip(BaseClipper):
     """Element-wise clamp, identical to ``torch.nn.utils.clip_grad_value_``.
 
-    ``clipped`` reports whether the pre-clip infinity norm exceeded ``clip_value``.
+    ``clipped`` reports whether any element lay outside ``[-clip_value, clip_value]``.
+
+    On the host, one loop visits each gradient once, while it is in cache: its norm, its
+    extremes and (under ``nonfinite="skip"``) the clamp. A non-finite step is zeroed whole
+    afterwards, so clamping it first changes nothing; under ``"raise"`` the clamp waits until
+    the gradients are known to be finite. On an accelerator every step is a foreach kernel.
     """
 
-    def __init__(
-        self, clip_value: float, norm_type: float = 2.0, nonfinite: str = "skip"
-    ) -> None:
+    def __init__(self, clip_value: float, norm_type: float = 2.0, nonfinite: str = "skip") -> None:
         check_positive("clip_value", clip_value)
         self.clip_value = clip_value
+        self._extremes: list[torch.Tensor] | None = None  # from _total_norm, for _clip
         super().__init__(norm_type=norm_type, nonfinite=nonfinite)
+
+    def _initial_state(self):
+        return {"clip_value": torch.tensor(float(self.clip_value))}
+
+    def _total_norm(self, grads):
+        self._extremes = None
+        if not grads or not _on_host(grads):
+            return F.total_norm(grads, self.norm_type)
+        v, fuse = float(self.clip_value), self.nonfinite == "skip"
+        norms, extremes = [], []
+        # torch's grouping, so the norms stack in get_total_norm's order: a bit-identical total.
+        for [group], _ in _group_tensors_by_device_and_dtype([grads]).values():
+            for g in group:
+                norms.append(torch.linalg.vector_norm(g, self.norm_type))
+                # aminmax: vector_norm(ord=inf) is ~20x slower on CPU.
+                extremes.extend(torch.aminmax(g))
+                if fuse:
+                    g.clamp_(-v, v)
+        self._extremes = extremes
+        return torch.linalg.vector_norm(torch.stack(norms), self.norm_type)
 
     def _clip(self, params, grads, total, finite):
         v = float(self.clip_value)
-        threshold = torch.tensor(v, device=total.device)
+        threshold = self._state["clip_value"]
+        extremes, self._extremes = self._extremes, None
+        skip = self.nonfinite == "skip"
         if not grads:
             return threshold, torch.zeros((), dtype=torch.bool, device=total.device)
-        peak = F.total_norm(grads, float("inf"))
-        # Under "skip", a non-finite step clamps to [0, 0]: the finite elements and +-inf
-        # become 0 in the same pass, and zero_nonfinite_ then clears any NaN.
-        skip = self.nonfinite == "skip"
-        bounds: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        for g in grads:
-            key = (g.device, g.dtype)
-            if key not in bounds:
-                b = torch.tensor(v, dtype=g.dtype, device=g.device)
-                if skip:
-                    b = b * finite.to(g.device)
-                bounds[key] = (-b, b)
-            g.clamp_(*bounds[key])
-        return threshold, peak > v
+        if extremes is None:  # an accelerator: foreach kernels, no per-tensor launches
+            clipped = F.total_norm(grads, math.inf) > v
+            torch._foreach_clamp_min_(grads, -v)
+            torch._foreach_clamp_max_(grads, v)
+            if skip:  # zero a non-finite step without a sync; zero_nonfinite_ clears NaN
+                F.scale_(grads, finite.to(total.dtype))
+            return threshold, clipped
+        clipped = torch.stack(extremes).abs().max() > v
+        if not skip:
+            for g in grads:
+                g.clamp_(-v, v)
+        elif not bool(finite):  # on the host this check is free
+            torch._foreach_zero_(grads)
+        return threshold, clipped

@@ -54,6 +54,8 @@ class QuantileClip(NormBasedClipper):
         self.window = window
         self.method = method
         self.lr = lr  # 0.2 is Andrew et al.'s geometric learning rate
+        # C's factor after an unclipped step (b = 1) and after a clipped one (b = 0).
+        self._factors = (math.exp(-lr * (1.0 - quantile)), math.exp(lr * quantile))
         super().__init__(norm_type=norm_type, nonfinite=nonfinite)
 
     def _initial_state(self):
@@ -61,7 +63,7 @@ class QuantileClip(NormBasedClipper):
             # NaN marks an empty slot; nanquantile ignores them, so no count is needed.
             return {
                 "buffer": torch.full((self.window,), math.nan),
-                "pos": torch.zeros((), dtype=torch.long),
+                "pos": torch.zeros(1, dtype=torch.long),
             }
         return {"threshold": torch.tensor(math.nan)}
 
@@ -69,26 +71,34 @@ class QuantileClip(NormBasedClipper):
         st = self._state
         x = total.to(torch.float32)
         if self.method == "window":
-            buf, pos = st["buffer"], st["pos"]
-            keep = buf.index_select(0, pos.view(1))
-            buf.index_copy_(0, pos.view(1), torch.where(finite, x, keep.squeeze(0)).view(1))
-            st["pos"] = (pos + finite.long()) % self.window
+            buf, pos = st["buffer"], st["pos"]  # pos: [1], the slot the next norm goes to
+            buf.index_copy_(0, pos, torch.where(finite, x, buf.index_select(0, pos)))
+            st["pos"] = (pos + finite) % self.window
             threshold = torch.nanquantile(buf, self.quantile)
         else:
             c = st["threshold"]
             threshold = torch.where(torch.isnan(c), x, c)  # first finite norm seeds C
-            unclipped = (x <= threshold).to(torch.float32)
-            updated = threshold * torch.exp(-self.lr * (unclipped - self.quantile))
+            # exp(-lr * (b - quantile)) takes one of two values: pick it instead of computing it.
+            down, up = self._factors
+            updated = threshold * torch.where(x <= threshold, down, up)
             st["threshold"] = torch.where(finite, updated, c)
         return threshold.to(total.dtype)
 
     def warm_start(self, norms):
         """Window: fill the buffer with the last ``window`` finite norms. Stream: start C at
         the empirical ``quantile`` of the norms, where the geometric update would converge."""
-        if self.method == "window":
-            return super().warm_start(norms)
         values = torch.as_tensor(norms, dtype=torch.float32).flatten()
         values = values[torch.isfinite(values)]
+        if self.method == "window":
+            # One write instead of a step per norm: the state equals feeding the norms one at
+            # a time (only the last `window` of them survive in the ring), in O(window).
+            buf, pos = self._state["buffer"], self._state["pos"]
+            n = values.numel()
+            last = values[max(n - self.window, 0) :].to(buf.device)
+            slots = pos + (n - last.numel()) + torch.arange(last.numel(), device=buf.device)
+            buf.index_copy_(0, slots % self.window, last)
+            self._state["pos"] = (pos + n) % self.window
+            return self
         if values.numel():
             device = self._state["threshold"].device
             self._state["threshold"] = torch.quantile(values, self.quantile).to(device)

@@ -44,13 +44,10 @@ def create_clipper(name: str, **params: Any):
     try:
         info = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown clipper {name!r}; choose one of {sorted(_REGISTRY)}"
-        ) from None
+        raise ConfigError(f"unknown clipper {name!r}; choose one of {sorted(_REGISTRY)}") from None
     try:
         return info.cls(**params)
     except TypeError as exc:
         raise ConfigError(
-            f"bad parameters for clipper {name!r}: {exc}; "
-            f"it accepts {info.cls._param_names()}"
+            f"bad parameters for clipper {name!r}: {exc}; it accepts {info.cls._param_names()}"
         ) from None

@@ -54,47 +54,60 @@ class ZScoreClip(NormBasedClipper):
         self.alpha = alpha
         self.warmup_steps = warmup_steps
         self.clip_option = clip_option
+        self._table: torch.Tensor | None = None  # built on first use, on the norms' device
         super().__init__(norm_type=norm_type, nonfinite=nonfinite)
 
     def _initial_state(self):
-        zero = torch.zeros((), dtype=torch.float64)
+        zero = torch.zeros((), dtype=torch.float64)  # float64: variances of small norms
         return {
             "count": torch.zeros((), dtype=torch.long),  # finite norms seen
-            "sum": zero.clone(),  # warm-up accumulators (float64: sums of squares)
-            "sumsq": zero.clone(),
             "mean": zero.clone(),
             "var": zero.clone(),
         }
 
+    def _coefficients(self, device: torch.device) -> torch.Tensor:
+        """Per-step constants, row ``min(count, warmup_steps)``: ``[w, g, limit, pad]``.
+
+        Warm-up and EMA share one update. With ``d = n - mean`` (``n`` the norm, clipped)::
+
+            mean <- mean + w d          var <- var + w (g d^2 - var)
+
+        For the k-th warm-up norm, ``w = 1/k, g = (k-1)/k`` is Welford's running mean and
+        population variance (what ZClip seeds the EMA with); after it, ``w = 1 - alpha,
+        g = alpha^2`` is ZClip's EMA (its variance uses the updated mean: ``n - mean' =
+        alpha d``). ``limit`` (the spike z-score) and ``pad`` (added to the reported bound)
+        are ``inf`` during warm-up, so nothing is clipped there, without a branch.
+        """
+        table = self._table
+        if table is None or table.device != device:
+            rows = [
+                [1 / k, (k - 1) / k, math.inf, math.inf] for k in range(1, self.warmup_steps + 1)
+            ]
+            rows.append([1 - self.alpha, self.alpha**2, self.z_thresh, 0.0])
+            table = torch.tensor(rows, dtype=torch.float64, device=device)
+            self._table = table
+        return table
+
     def _observe(self, total, finite):
         st = self._state
-        x = torch.where(finite, total.to(torch.float64), torch.zeros((), dtype=torch.float64,
-                                                                      device=total.device))
-        in_warmup = st["count"] < self.warmup_steps
-        count = st["count"] + finite.long()
-        # Warm-up: accumulate, and seed mean/var when the last warm-up norm arrives.
-        w = (in_warmup & finite).to(torch.float64)
-        s, ss = st["sum"] + w * x, st["sumsq"] + w * x * x
-        n = count.clamp(min=1).to(torch.float64)
-        seed_mean = s / n
-        seed_var = (ss / n - seed_mean * seed_mean).clamp(min=0.0)
-        # After warm-up: z-score against the EMA, clip spikes, update the EMA.
+        x = total.to(torch.float64)
+        table = self._coefficients(x.device)
+        # index_select, not table[count]: indexing with a 0-dim tensor calls .item() (a sync).
+        row = table.index_select(0, st["count"].clamp(max=self.warmup_steps).view(1))
+        w, g, limit, pad = row[0].unbind()
         mean, var = st["mean"], st["var"]
         std = var.sqrt()
         z = (x - mean) / std.clamp(min=1e-12)
-        spike = z > self.z_thresh
-        bound = mean + self.z_thresh * std
+        spike = z > limit
+        bound = torch.add(mean, std, alpha=self.z_thresh) + pad  # inf during warm-up
         if self.clip_option == "adaptive_scaling":
-            target = mean + (self.z_thresh**2) / z.clamp(min=self.z_thresh) * std
+            # mean + (z_thresh**2 / z) * std; z > z_thresh wherever this value is used.
+            target = torch.addcdiv(mean, std, z.clamp(min=self.z_thresh), value=self.z_thresh**2)
         else:
             target = mean
         threshold = torch.where(spike, target, bound)
-        kept = torch.minimum(x, threshold)
-        ema_mean = self.alpha * mean + (1 - self.alpha) * kept
-        ema_var = self.alpha * var + (1 - self.alpha) * (kept - ema_mean) ** 2
-        live = finite & ~in_warmup
-        st["mean"] = torch.where(in_warmup, seed_mean, torch.where(live, ema_mean, mean))
-        st["var"] = torch.where(in_warmup, seed_var, torch.where(live, ema_var, var))
-        st["sum"], st["sumsq"], st["count"] = s, ss, count
-        threshold = torch.where(in_warmup, torch.full_like(threshold, math.inf), threshold)
+        d = torch.minimum(x, threshold) - mean  # the EMA sees the clipped norm
+        st["mean"] = torch.where(finite, torch.addcmul(mean, w, d), mean)
+        st["var"] = torch.where(finite, torch.lerp(var, g * d * d, w), var)
+        st["count"] += finite
         return threshold.to(total.dtype)
