@@ -21,6 +21,9 @@ from autoclip.errors import (
     StorageError,
     TaskError,
 )
+from autoclip.probe import GradTrace, probe, probe_task
+from autoclip.propose import Candidate, Proposal, SearchSpace, propose, suggest
+from autoclip.stats import GradStats, compute_stats
 from autoclip.task import Task, load_task
 from autoclip.training import TrainLog, train
 
@@ -30,22 +33,32 @@ __all__ = [
     "AGC",
     "AutoclipError",
     "BaseClipper",
+    "Candidate",
     "ClipResult",
     "ClipperInfo",
     "ConfigError",
+    "GradStats",
+    "GradTrace",
     "NonFiniteGradientError",
     "NormClip",
+    "Proposal",
     "QuantileClip",
+    "SearchSpace",
     "StorageError",
     "Task",
     "TaskError",
     "TrainLog",
     "ValueClip",
     "ZScoreClip",
+    "compute_stats",
     "create_clipper",
     "functional",
     "list_clippers",
     "load_task",
+    "probe",
+    "probe_task",
+    "propose",
     "register_clipper",
+    "suggest",
     "train",
 ]

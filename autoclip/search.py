@@ -26,12 +26,17 @@ started beyond the budget by a race is stopped at once and marked ``surplus``.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import importlib.util
 import json
 import math
 import multiprocessing
 import os
 import socket
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -139,13 +144,16 @@ def open_storage(
     if not isinstance(storage, str) or not storage:
         raise StorageError(f"storage must be a file path or a URL, but got {storage!r}")
     if "://" in storage:
+        url, engine_kwargs = _with_driver(storage), {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}  # not minutes on a bad host
         try:
             return optuna.storages.RDBStorage(
-                storage,
-                engine_kwargs={"pool_pre_ping": True},
+                url,
+                engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=3 * heartbeat_interval,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRY),
+                **{_RETRY_KWARG: _RetryStale(max_retry=MAX_RETRY)},
             )
         except ImportError as exc:
             raise StorageError(
@@ -163,8 +171,93 @@ def open_storage(
         raise StorageError(f"cannot create storage file {storage!r}: its folder does not exist")
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    backend = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
+    lock = _FlockLock(path) if _FlockLock.available else JournalFileOpenLock(path)
+    backend = JournalFileBackend(path, lock_obj=lock)
     return optuna.storages.JournalStorage(backend)
+
+
+class _FlockLock:
+    """The journal file's write lock, held with flock(2) on ``<path>.flock``.
+
+    The kernel drops the lock when its process dies, so a worker killed while writing does
+    not hold up the others; Optuna's lock files are broken only after a 30 s grace period.
+    Journal files are for one machine (local disks), where flock is reliable.
+    """
+
+    available = importlib.util.find_spec("fcntl") is not None  # POSIX; else Optuna's lock
+
+    def __init__(self, path: str) -> None:
+        self._path = path + ".flock"
+        self._thread_lock = threading.Lock()  # flock excludes processes, this threads
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self._thread_lock.acquire()
+        fd = -1
+        try:
+            fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            self._thread_lock.release()
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        fd, self._fd = self._fd, None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+        finally:
+            self._thread_lock.release()
+
+
+def _with_driver(url: str) -> str:
+    """A bare ``postgresql://`` URL pinned to the PostgreSQL driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3 and earlier versions as
+    psycopg2; autoclip works with either, so it names the one that can be imported.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):  # "postgres://" as Heroku and others write it
+        return url
+    for module in ("psycopg", "psycopg2"):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{module}://{rest}"
+    return url  # opening it raises the ImportError that names the extra to install
+
+
+# Optuna 4.9 renamed the stale-trial callback; accept the older name too.
+if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+    _RetryBase, _RETRY_KWARG = (
+        optuna.storages.RetryHeartbeatStaleTrialCallback,
+        "heartbeat_stale_trial_callback",
+    )
+else:  # pragma: no cover - optuna < 4.9
+    _RetryBase, _RETRY_KWARG = RetryFailedTrialCallback, "failed_trial_callback"
+
+
+class _RetryStale(_RetryBase):
+    """Re-enqueue a trial whose heartbeat went stale, with the same parameters.
+
+    Optuna's callback copies the dead trial's user attributes into the retry; autoclip's
+    describe the dead attempt (its pid and host, partial results), and a retry carrying a dead
+    pid would look dead to the same-host check in ``_fail_dead`` while it starts. The retry
+    keeps the user's attributes and gets ``retry_of`` instead.
+    """
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        kept = {k: v for k, v in trial.user_attrs.items() if not k.startswith(ATTR)}
+        trial.user_attrs = {**kept, ATTR + "retry_of": trial.number}
+        super().__call__(study, trial)
 
 
 def _redact(url: str) -> str:
@@ -312,7 +405,11 @@ def _make_pruner(mode: str, steps: int):
 # -- budget accounting -----------------------------------------------------------------------
 def _retry_of(t: FrozenTrial) -> int | None:
     own = t.user_attrs.get(ATTR + "retry_of")
-    return own if own is not None else RetryFailedTrialCallback.retried_trial_number(t)
+    if own is not None:
+        return own
+    # Optuna's own record: the whole chain, oldest first; the parent is the last entry.
+    history = t.system_attrs.get("retry_history") or []
+    return history[-1] if history else None
 
 
 def _excluded(trials: Sequence[FrozenTrial]) -> set[int]:
@@ -325,6 +422,29 @@ def _excluded(trials: Sequence[FrozenTrial]) -> set[int]:
 def _counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     excluded = _excluded(trials)
     return [t for t in trials if t.number not in excluded]
+
+
+def _rank(trials: Sequence[FrozenTrial], number: int) -> int:
+    """How many counted trials come before trial ``number`` in the budget.
+
+    Trials take budget slots in the order they were created, except that a retry takes the
+    slot of the trial it retries: it replaces a trial that already had its place (else a
+    retry created after still-waiting candidates would be cut off as surplus).
+    """
+    parent = {t.number: _retry_of(t) for t in trials}
+
+    def slot(n: int) -> tuple[int, int]:
+        depth = 0
+        while parent.get(n) is not None:
+            n, depth = parent[n], depth + 1
+        return n, depth
+
+    excluded, mine = _excluded(trials), slot(number)
+    return sum(
+        1
+        for t in trials
+        if t.number != number and t.number not in excluded and slot(t.number) < mine
+    )
 
 
 class _Surplus(Exception):
@@ -346,11 +466,17 @@ def _fail_dead(study: optuna.Study) -> None:
     """Fail and retry trials whose worker died: by heartbeat where the storage has them, and
     by process id for workers on this host (journal files have no heartbeat)."""
     storage = study._storage
-    if isinstance(storage, optuna.storages.RDBStorage):
+    # Unconditionally: Optuna wraps an RDBStorage in a cache, so an isinstance check never
+    # matched, and a worker waiting on a dead worker's trial waited forever. Storages without
+    # heartbeats make this a no-op.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(ATTR + "host") != host:
+    trials = study.get_trials(deepcopy=False)
+    parent = {t.number: _retry_of(t) for t in trials}
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.user_attrs.get(ATTR + "host") != host:
             continue
         pid = t.user_attrs.get(ATTR + "pid")
         if pid is None or pid == os.getpid() or _pid_alive(pid):
@@ -359,7 +485,10 @@ def _fail_dead(study: optuna.Study) -> None:
             ok = storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         except Exception:  # another process got there first
             ok = False
-        if ok is not False:
+        retries, n = 0, t.number  # how often this trial's parameters were retried already
+        while (n := parent.get(n)) is not None:
+            retries += 1
+        if ok is not False and retries < MAX_RETRY:  # the heartbeat path's limit, too
             study.enqueue_trial(t.params, user_attrs={ATTR + "retry_of": t.number})
 
 
@@ -373,9 +502,7 @@ def _objective(
 ) -> float | tuple[float, ...]:
     trial.set_user_attr(ATTR + "pid", os.getpid())
     trial.set_user_attr(ATTR + "host", socket.gethostname())
-    trials = trial.study.get_trials(deepcopy=False)
-    excluded = _excluded(trials)
-    rank = sum(1 for t in trials if t.number < trial.number and t.number not in excluded)
+    rank = _rank(trial.study.get_trials(deepcopy=False), trial.number)
     if rank >= n_trials:
         trial.set_user_attr(ATTR + "surplus", True)
         raise _Surplus(f"trial {trial.number} is beyond the budget of {n_trials} trials")
@@ -443,8 +570,21 @@ def _run_worker(
 ) -> None:
     """Run trials until the study holds ``n_trials`` counted, finished trials."""
 
+    interrupted: list[optuna.Trial] = []
+
     def objective(trial: optuna.Trial):
-        return _objective(trial, task, proposal, settings, n_trials)
+        try:
+            return _objective(trial, task, proposal, settings, n_trials)
+        except KeyboardInterrupt:
+            trial.set_user_attr(ATTR + "reason", "interrupted (KeyboardInterrupt)")
+            interrupted.append(trial)
+            raise
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr(ATTR + "reason", str(exc) or "pruned")
+            raise
+        except Exception as exc:  # the trial fails, the study goes on: keep why
+            trial.set_user_attr(ATTR + "reason", f"{type(exc).__name__}: {exc}")
+            raise
 
     while True:
         _fail_dead(study)
@@ -455,7 +595,14 @@ def _run_worker(
         if progress is not None:
             progress(sum(t.state.is_finished() for t in counted), n_trials)
         if waiting or len(counted) < n_trials:
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,))
+            except KeyboardInterrupt:
+                # Optuna has marked the trial failed; the budget is the user's, not the
+                # interrupt's, so the next run retries it with the same parameters.
+                for t in interrupted:
+                    study.enqueue_trial(t.params, user_attrs={ATTR + "retry_of": t.number})
+                raise
         elif running:
             time.sleep(poll)  # wait for other workers' last trials (or for them to go stale)
         else:
@@ -489,8 +636,7 @@ def _load_study(
     """Load an existing study once its coordinator has stored the proposal."""
     deadline = time.monotonic() + wait
     while True:
-        summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-        summary = summaries.get(study_name)
+        summary = _summary(storage, study_name)
         if summary is not None and summary.user_attrs.get(ATTR + "ready"):
             break
         if time.monotonic() > deadline:
@@ -505,6 +651,7 @@ def _load_study(
     )
     proposal = Proposal.from_json(attrs[ATTR + "proposal"])
     n_startup = len(_enqueue_params(proposal, settings.strategies)) + 2
+    seed = _process_seed(seed, attrs.get(ATTR + "coordinator"))
     study = optuna.load_study(
         study_name=study_name,
         storage=storage,
@@ -514,17 +661,65 @@ def _load_study(
     return study, proposal, settings
 
 
-def _check_compatible(storage, study_name: str, settings: _Settings) -> None:
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    summary = summaries.get(study_name)
-    if summary is None:
-        return
-    stored = summary.user_attrs.get(ATTR + "settings")
-    if stored is None:
-        raise StorageError(
-            f"study {study_name!r} exists but was not created by autoclip; "
-            "choose another study name"
-        )
+def _summary(storage, study_name: str) -> optuna.study.StudySummary | None:
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if s.study_name == study_name:
+            return s
+    return None
+
+
+def _abandoned(summary: optuna.study.StudySummary) -> bool:
+    """Whether the study's coordinator died on this host before it finished setting it up
+    (an interrupted probe): then a rerun may set it up afresh, as no trial ran yet."""
+    if summary.user_attrs.get(ATTR + "ready"):
+        return False
+    who = summary.user_attrs.get(ATTR + "coordinator") or {}
+    pid = who.get("pid")
+    return (
+        who.get("host") == socket.gethostname()
+        and pid is not None
+        and pid != os.getpid()
+        and not _pid_alive(pid)
+    )
+
+
+def _process_seed(seed: int | None, coordinator: dict[str, Any] | None) -> int | None:
+    """``seed`` for the coordinator and its worker processes; a seed of its own for any other
+    process (another machine, a rerun), which runs the same command with the same ``--seed``
+    and would otherwise sample exactly the points the coordinator's workers sample."""
+    if seed is None or not coordinator:
+        return seed
+    host = socket.gethostname()
+    if coordinator.get("host") == host and coordinator.get("pid") in (os.getpid(), os.getppid()):
+        return seed
+    digest = hashlib.sha256(f"{seed}/{host}/{os.getpid()}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _check_compatible(storage, study_name: str, settings: _Settings, wait: float = 600.0) -> None:
+    """Refuse a study created with other settings; wait while its coordinator probes."""
+    start = time.monotonic()
+    while True:
+        summary = _summary(storage, study_name)
+        if summary is None or _abandoned(summary):
+            return  # _create_if_absent sets it up
+        stored = summary.user_attrs.get(ATTR + "settings")
+        if stored is not None:
+            break
+        # The coordinator marks the study right after creating it; allow it a moment.
+        if ATTR + "coordinator" not in summary.user_attrs and time.monotonic() - start > 3.0:
+            raise StorageError(
+                f"study {study_name!r} exists but was not created by autoclip; "
+                "choose another study name"
+            )
+        if time.monotonic() - start > wait:
+            who = summary.user_attrs.get(ATTR + "coordinator", {})
+            raise StorageError(
+                f"study {study_name!r} is still being set up by its coordinator (pid "
+                f"{who.get('pid')} on {who.get('host')}) after {wait:.0f} s; if that process "
+                "is gone, rerun on that host, or delete the study or use another study name"
+            )
+        time.sleep(0.5)
     mine = settings.key()
     if not settings.strategies:  # "the proposal's strategies": whatever was stored
         mine.pop("strategies")
@@ -637,7 +832,7 @@ def tune(
         task=task.name,
     )
     _check_compatible(store, study_name, settings)
-    _create_if_absent(store, study_name, task, settings, probe_steps)
+    _create_if_absent(store, study_name, task, settings, probe_steps, n_trials)
     study, proposal, settings = _load_study(store, study_name, seed=seed)
 
     if workers > 1:
@@ -673,15 +868,27 @@ def tune(
 
 
 def _create_if_absent(
-    store, study_name: str, task: Task, settings: _Settings, probe_steps: int
+    store, study_name: str, task: Task, settings: _Settings, probe_steps: int, n_trials: int
 ) -> None:
     """Create the study, probe, store the proposal and enqueue the candidates, once."""
-    try:
-        study = optuna.create_study(
-            storage=store, study_name=study_name, directions=_directions(settings.mode)
-        )
-    except optuna.exceptions.DuplicatedStudyError:
-        return  # another process is (or was) the coordinator
+    for _ in range(3):
+        try:
+            study = optuna.create_study(
+                storage=store, study_name=study_name, directions=_directions(settings.mode)
+            )
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            summary = _summary(store, study_name)
+            if summary is not None and not _abandoned(summary):
+                return  # another process is (or was) the coordinator
+            if summary is not None:
+                try:  # by id: a study another rerun has just recreated stays
+                    store.delete_study(summary._study_id)
+                except KeyError:
+                    pass  # another rerun deleted it first
+    else:
+        return
+    study.set_user_attr(ATTR + "coordinator", {"host": socket.gethostname(), "pid": os.getpid()})
     trace = probe_task(task, steps=probe_steps)
     proposal = propose(compute_stats(trace))
     strategies = settings.strategies or proposal.space.strategies
@@ -689,7 +896,9 @@ def _create_if_absent(
     study.set_user_attr(ATTR + "settings", stored)
     study.set_user_attr(ATTR + "proposal", proposal.to_json())
     study.set_user_attr(ATTR + "probe_steps", len(trace.norms))
-    for params in _enqueue_params(proposal, strategies):
+    # No more than the budget: a candidate left waiting would hold a slot that a retried
+    # trial needs.
+    for params in _enqueue_params(proposal, strategies)[:n_trials]:
         study.enqueue_trial(params)
     study.set_user_attr(ATTR + "ready", True)
 

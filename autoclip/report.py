@@ -1,0 +1,466 @@
+"""Reports: text, Markdown and JSON, and plots (matplotlib is imported only when plotting).
+
+Organised by what is reported, one section each; every section offers ``*_markdown`` for
+files, relies on the objects' own ``summary()`` for plain text and ``to_json()`` for JSON, and
+draws with ``plot_*`` functions that return a matplotlib ``Figure`` (saved when given a path).
+Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``, so
+plotting changes no global state and works without a display.
+
+Sections: shared helpers; probe statistics and proposals; search results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from autoclip.propose import Proposal
+from autoclip.search import TuneResult
+from autoclip.stats import GradStats
+
+__all__ = [
+    "format_tune",
+    "markdown_table",
+    "plot_layers",
+    "plot_norms",
+    "plot_tune",
+    "proposal_markdown",
+    "stats_markdown",
+    "tune_markdown",
+    "write_json",
+    "write_probe_report",
+    "write_tune_report",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+def _figure_class():
+    """``matplotlib.figure.Figure``, or an ImportError that names the extra to install."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
+        raise ImportError(
+            "plotting needs matplotlib; install it with `pip install 'autoclip-tuner[plot]'`"
+        ) from exc
+    return Figure
+
+
+def _save(fig: Any, path: str | Path | None) -> None:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def _num(x: Any) -> str:
+    if isinstance(x, float):
+        return "-" if not math.isfinite(x) else f"{x:.3g}"
+    return str(x)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; floats to three significant digits."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        out.append("| " + " | ".join(_num(v) for v in row) + " |")
+    return "\n".join(out)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj.to_json(indent=2)`` (a stats, proposal or trace object) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj.to_json(indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe statistics and proposals
+# ---------------------------------------------------------------------------------------------
+def stats_markdown(stats: GradStats) -> str:
+    """The statistics as Markdown: percentiles, settled regime, spikes, layers."""
+    s = stats
+    lines = [f"### Gradient statistics ({s.steps} warm-up steps)", ""]
+    if s.stopped_early:
+        lines += [f"**Stopped early:** {s.reason}", ""]
+    lines.append(
+        markdown_table(
+            ["", "p50", "p75", "p90", "p95", "p99", "max"],
+            [
+                ["all steps", s.p50, s.p75, s.p90, s.p95, s.p99, s.max],
+                [f"settled (step {s.settle_step}+)", *_pcts(s.settled)],
+                ["normal regime", *_pcts(s.normal)],
+                ["abs(g) elements", *_pcts(s.values)],
+                ["AGC unit ratios", *_pcts(s.agc_ratios)],
+            ],
+        )
+    )
+    direction = "rise" if s.trend > 0 else "fall"
+    lines += [
+        "",
+        f"- Trend: norms {direction} {abs(s.trend) * 100:.2g}% per step; last quarter / first "
+        f"quarter x{s.trend_ratio:.3g}; settled part "
+        + ("still drifting" if s.drifting else "steady")
+        + f" (at its rate, x{s.settled_change:.3g} over another {s.steps} steps).",
+    ]
+    if s.spike_steps:
+        lines.append(
+            f"- Spikes: {len(s.spike_steps)} steps ({s.spike_rate:.1%}) at "
+            f"{', '.join(map(str, s.spike_steps))}; about {_num(s.spike_factor)}x the local level."
+        )
+    else:
+        lines.append("- Spikes: none.")
+    lines += ["", "| layer | share of squared norm | share of spike excess | median g/w |"]
+    lines.append("|---|---|---|---|")
+    order = sorted(range(len(s.layer_names)), key=lambda i: -s.layer_share[i])
+    for i in order:
+        lines.append(
+            f"| `{s.layer_names[i]}` | {s.layer_share[i]:.1%} | {s.layer_spike_share[i]:.1%} "
+            f"| {_num(s.layer_ratio[i])} |"
+        )
+    return "\n".join(lines)
+
+
+def _pcts(p: Any) -> list[float]:
+    return [p.p50, p.p75, p.p90, p.p95, p.p99, p.max]
+
+
+def proposal_markdown(proposal: Proposal) -> str:
+    """The proposal as Markdown: recommendation, candidates, search ranges (and the stats)."""
+    p = proposal
+    lines = [
+        "### Proposed clipping",
+        "",
+        f"**Recommended:** `{p.recommended.describe()}`",
+        "",
+        p.reason,
+        "",
+        markdown_table(
+            ["strategy", "parameters", "why"],
+            [[c.strategy, f"`{c.describe()}`", c.reason] for c in p.candidates],
+        ),
+        "",
+        "Search ranges (log-uniform for max_norm, clip_value, agc): "
+        f"max_norm {_num(p.space.norm[0])}-{_num(p.space.norm[1])}, "
+        f"clip_value {_num(p.space.value[0])}-{_num(p.space.value[1])}, "
+        f"quantile {_num(p.space.quantile[0])}-{_num(p.space.quantile[1])}, "
+        f"z_thresh {_num(p.space.z_thresh[0])}-{_num(p.space.z_thresh[1])}, "
+        f"agc {_num(p.space.agc[0])}-{_num(p.space.agc[1])}.",
+    ]
+    if p.stats is not None:
+        lines += ["", stats_markdown(p.stats)]
+    return "\n".join(lines)
+
+
+def _norm_thresholds(proposal: Proposal | None, stats: GradStats) -> list[tuple[str, float, str]]:
+    """(label, value, line style) of the thresholds on the global norm worth drawing."""
+    lines = []
+    if proposal is not None:
+        for c in proposal.candidates:
+            if c.strategy == "norm":
+                lines.append(
+                    (
+                        f"norm max_norm={_num(c.params['max_norm'])}",
+                        float(c.params["max_norm"]),
+                        "-",
+                    )
+                )
+            elif c.strategy == "zscore":
+                # where the warm-started z-score clipper starts: EMA mean + z * EMA std
+                try:
+                    ema = proposal.clipper(c).state_dict()["state"]
+                    bound = float(ema["mean"]) + c.params["z_thresh"] * math.sqrt(float(ema["var"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if math.isfinite(bound) and bound > 0:
+                    lines.append((f"zscore bound after warm start={_num(bound)}", bound, "--"))
+    if math.isfinite(stats.mean) and stats.mean > 0:
+        lines.append((f"rule of thumb 5x mean={_num(5 * stats.mean)}", 5 * stats.mean, ":"))
+    return lines
+
+
+def plot_norms(
+    source: GradStats | Proposal, *, path: str | Path | None = None, title: str | None = None
+) -> Any:
+    """Global norm over the warm-up (log scale) and its histogram, with the thresholds.
+
+    ``source`` is the statistics, or a proposal (whose thresholds are then drawn too). Spikes
+    are marked, non-finite steps shown at the top edge, and the settled part shaded.
+    """
+    proposal = source if isinstance(source, Proposal) else None
+    stats = proposal.stats if proposal is not None else source
+    if not isinstance(stats, GradStats):
+        raise TypeError("plot_norms needs GradStats or a Proposal that carries its stats")
+    Figure = _figure_class()
+    import numpy as np
+
+    fig = Figure(figsize=(10, 3.6))
+    ax, hx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
+    norms = np.asarray(stats.norms, dtype=float)
+    steps = np.arange(len(norms))
+    finite = np.isfinite(norms) & (norms > 0)
+    ax.plot(steps[finite], norms[finite], lw=1, color="tab:blue", label="global norm")
+    spikes = [s for s in stats.spike_steps if s < len(norms) and finite[s]]
+    if spikes:
+        ax.scatter(spikes, norms[spikes], color="tab:red", s=18, zorder=3, label="spike")
+    top = float(norms[finite].max()) * 1.5 if finite.any() else 1.0
+    bad = steps[~np.isfinite(norms)]
+    if bad.size:
+        ax.scatter(bad, np.full(bad.size, top), marker="x", color="black", label="non-finite")
+    ax.axvspan(
+        stats.settle_step,
+        max(len(norms) - 1, stats.settle_step),
+        color="0.92",
+        zorder=0,
+        label="settled",
+    )
+    thresholds = _norm_thresholds(proposal, stats)
+    colors = ["tab:green", "tab:purple", "0.4", "tab:orange"]
+    for (label, value, style), color in zip(thresholds, colors, strict=False):
+        ax.axhline(value, ls=style, color=color, lw=1.2, label=label)
+        hx.axvline(value, ls=style, color=color, lw=1.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("warm-up step")
+    ax.set_ylabel("gradient norm")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title or "Gradient norm during the warm-up", fontsize=10)
+    if finite.any():
+        logs = np.log10(norms[finite])
+        bins = np.logspace(logs.min() - 0.05, logs.max() + 0.05, 30)
+        hx.hist(norms[finite], bins=bins, color="tab:blue", alpha=0.7)
+        hx.set_xscale("log")
+    hx.set_xlabel("gradient norm")
+    hx.set_ylabel("steps")
+    hx.set_title("Histogram", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def plot_layers(
+    source: GradStats | Proposal, *, path: str | Path | None = None, top: int = 15
+) -> Any:
+    """Per-layer breakdown: share of the squared norm, and share of the spikes' excess."""
+    stats = source.stats if isinstance(source, Proposal) else source
+    if not isinstance(stats, GradStats):
+        raise TypeError("plot_layers needs GradStats or a Proposal that carries its stats")
+    Figure = _figure_class()
+    import numpy as np
+
+    order = sorted(range(len(stats.layer_names)), key=lambda i: -stats.layer_share[i])[:top]
+    names = [stats.layer_names[i] for i in order][::-1]
+    share = np.array([stats.layer_share[i] for i in order])[::-1]
+    spike = np.array([stats.layer_spike_share[i] for i in order])[::-1]
+    fig = Figure(figsize=(8, 0.35 * len(names) + 1.4))
+    ax = fig.subplots()
+    y = np.arange(len(names))
+    ax.barh(y + 0.2, share, height=0.4, color="tab:blue", label="share of squared norm")
+    ax.barh(y - 0.2, spike, height=0.4, color="tab:red", label="share of spike excess")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Where the gradient norm and its spikes come from", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def write_probe_report(
+    proposal: Proposal, out_dir: str | Path, *, plots: bool = True, prefix: str = "probe"
+) -> dict[str, Path]:
+    """Write ``{prefix}.json``, ``{prefix}.md`` and (with matplotlib) the two plots.
+
+    Returns the paths written, by kind (``json``, ``markdown``, ``norms``, ``layers``).
+    Plots are skipped silently when matplotlib is not installed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"json": write_json(proposal, out / f"{prefix}.json")}
+    md = out / f"{prefix}.md"
+    md.write_text(proposal_markdown(proposal) + "\n")
+    written["markdown"] = md
+    if plots and proposal.stats is not None:
+        try:
+            _figure_class()
+        except ImportError:
+            return written
+        written["norms"] = out / f"{prefix}_norms.png"
+        plot_norms(proposal, path=written["norms"])
+        written["layers"] = out / f"{prefix}_layers.png"
+        plot_layers(proposal, path=written["layers"])
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Search results
+# ---------------------------------------------------------------------------------------------
+OBJECTIVE_NOTE = (
+    "lower is better: speed = loss-curve area / initial loss; "
+    "instability = fraction of loss spikes, 1 if diverged"
+)
+
+
+def _values(v: Sequence[float] | None) -> list[Any]:
+    return list(v) if v is not None else ["-", "-", "-"]
+
+
+def _lineage(result: TuneResult) -> list[str]:
+    lines = []
+    for t in result.trials:
+        if t.retry_of is not None:
+            lines.append(f"trial {t.number} retries trial {t.retry_of} ({t.state.lower()})")
+        elif t.state == "FAIL":
+            lines.append(f"trial {t.number} failed: {t.reason or 'its worker died'}")
+    return lines
+
+
+def format_tune(result: TuneResult) -> str:
+    """The chosen configuration, why, the Pareto front and the baselines as a compact table."""
+    complete = sum(t.state == "COMPLETE" for t in result.trials)
+    rec = result.proposal.recommended
+    lines = [
+        f"study {result.study_name!r} ({result.mode} mode): {complete} of "
+        f"{len(result.trials)} trials complete, {result.train_steps} training steps spent",
+        f"chosen: {result.chosen.label}  (trial {result.chosen.number})",
+        f"why:    {result.rule}",
+        f"probe proposed: {rec.describe()} - {result.proposal.reason}",
+        "",
+        f"  {'configuration':36} {'final loss':>10} {'speed':>7} {'instab':>7}  note",
+    ]
+
+    def row(mark: str, label: str, values, note: str) -> str:
+        f, s, i = values if values is not None else (math.nan,) * 3
+        return f"{mark:2}{label[:36]:36} {f:10.4g} {s:7.3f} {i:7.3f}  {note}"
+
+    for r in result.pareto:
+        mark = "*" if r.number == result.chosen.number else ""
+        lines.append(row(mark, r.label, r.values, f"Pareto front, trial {r.number}"))
+    for name, r in result.baselines.items():
+        lines.append(row("", name, r.values, "baseline" + (" (diverged)" if r.diverged else "")))
+    lines += _lineage(result)
+    lines.append(f"({OBJECTIVE_NOTE})")
+    return "\n".join(lines)
+
+
+def tune_markdown(result: TuneResult) -> str:
+    """A Markdown report of a search: the choice, the baselines and every trial."""
+    chosen = result.chosen
+    base = markdown_table(
+        ["baseline", "final loss", "speed", "instability", "diverged"],
+        [[n, *_values(r.values), r.reason or "no"] for n, r in result.baselines.items()],
+    )
+    trials = markdown_table(
+        [
+            "trial",
+            "configuration",
+            "state",
+            "final loss",
+            "speed",
+            "instability",
+            "clipped",
+            "note",
+        ],
+        [
+            [
+                t.number,
+                t.label,
+                t.state,
+                *_values(t.values),
+                "-" if t.clipped_fraction is None else float(t.clipped_fraction),
+                " ".join(
+                    x
+                    for x in (
+                        "**chosen**" if t.number == chosen.number else "",
+                        "Pareto" if t in result.pareto else "",
+                        f"retry of {t.retry_of}" if t.retry_of is not None else "",
+                        t.reason or "",
+                    )
+                    if x
+                ),
+            ]
+            for t in result.trials
+        ],
+    )
+    return "\n".join(
+        [
+            f"# autoclip search: {result.study_name}",
+            "",
+            f"Chosen: **{chosen.label}** (trial {chosen.number}): {result.rule}.",
+            "",
+            f"The probe proposed {result.proposal.recommended.describe()}: "
+            f"{result.proposal.reason}",
+            "",
+            f"{result.mode} mode, {len(result.trials)} trials, "
+            f"{result.train_steps} training steps spent; {OBJECTIVE_NOTE}.",
+            "",
+            "## Baselines",
+            "",
+            base,
+            "",
+            "## Trials",
+            "",
+            trials,
+            "",
+        ]
+    )
+
+
+def plot_tune(result: TuneResult, path: str | Path | None = None) -> Any:
+    """Final loss against speed and against instability for every trial; the Pareto front,
+    the choice and the baselines marked."""
+    fig = _figure_class()(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    front = {t.number for t in result.pareto}
+    done = [t for t in result.trials if t.values is not None]
+    for ax, j, xlabel in (
+        (axes[0], 1, "speed (loss-curve area / initial loss)"),
+        (axes[1], 2, "instability (loss-spike fraction)"),
+    ):
+        for t in done:
+            color = "tab:red" if t.diverged else "tab:blue" if t.number in front else "tab:gray"
+            ax.scatter(t.values[j], t.values[0], color=color, alpha=0.8, s=25)
+        c = result.chosen
+        ax.scatter(
+            c.values[j],
+            c.values[0],
+            marker="*",
+            s=250,
+            color="gold",
+            edgecolor="black",
+            zorder=5,
+            label=f"chosen: {c.label}",
+        )
+        for name, b in result.baselines.items():
+            if b.values is not None:
+                ax.scatter(b.values[j], b.values[0], marker="x", s=80, label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("final loss")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result.study_name}: trials (blue: Pareto front, red: diverged)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def write_tune_report(
+    result: TuneResult, out_dir: str | Path, *, plots: bool = True
+) -> dict[str, Path]:
+    """Write ``result.json``, ``report.md`` and (with matplotlib) ``tune.png``."""
+    out = Path(out_dir)
+    written = {"json": write_json(result, out / "result.json")}
+    written["markdown"] = out / "report.md"
+    written["markdown"].write_text(tune_markdown(result))
+    if plots:
+        try:
+            _figure_class()
+        except ImportError:
+            return written
+        written["plot"] = out / "tune.png"
+        plot_tune(result, path=written["plot"])
+    return written

@@ -1,0 +1,73 @@
+"""Shared data helpers for the bundled studies: local data only, nothing downloaded.
+
+* The text corpus is CPython's own ``pydoc_data.topics`` (the help pages behind ``help("if")``),
+  which ships with every CPython install. Its exact contents follow the Python version, so
+  results on another interpreter differ slightly; the split and vocabulary do not.
+* Every helper takes an explicit seed or generator and touches no global random state.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "VOCAB",
+    "UNKNOWN",
+    "lm_eval_windows",
+    "lm_train_batches",
+    "text_splits",
+]
+
+# A fixed vocabulary (printable ASCII, newline, and one "unknown" slot for the rest: curly
+# quotes, dashes) so that token ids do not depend on which characters a Python version's help
+# pages happen to contain.
+VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
+UNKNOWN = len(VOCAB)  # id of every character outside VOCAB; vocabulary size is UNKNOWN + 1
+_INDEX = {ch: i for i, ch in enumerate(VOCAB)}
+
+
+@functools.cache
+def _corpus_ids() -> Tensor:
+    """All help topics, in sorted key order, as a 1-D int64 tensor of character ids."""
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[key] for key in sorted(topics))
+    return torch.tensor([_INDEX.get(ch, UNKNOWN) for ch in text], dtype=torch.long)
+
+
+def text_splits(held_out_fraction: float = 0.1) -> tuple[Tensor, Tensor]:
+    """(train ids, held-out ids): the last ``held_out_fraction`` of the corpus is held out.
+
+    A contiguous tail, not a random sample, so no held-out window overlaps a training one.
+    """
+    ids = _corpus_ids()
+    cut = int(len(ids) * (1.0 - held_out_fraction))
+    return ids[:cut], ids[cut:]
+
+
+def lm_train_batches(
+    ids: Tensor, *, batch_size: int, seq_len: int, n_batches: int, seed: int
+) -> list[tuple[Tensor, Tensor]]:
+    """``n_batches`` of (input [B, T], target [B, T]) windows at random offsets of ``ids``.
+
+    Random offsets (drawn from ``seed``) rather than word_language_model's fixed ``batchify``
+    columns: a short run then sees text from the whole training split, not one corner of it.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seq_len - 1, (n_batches, batch_size), generator=gen)
+    offsets = torch.arange(seq_len + 1)
+    out = []
+    for row in starts:
+        window = ids[row[:, None] + offsets]  # [B, T+1]
+        out.append((window[:, :-1].contiguous(), window[:, 1:].contiguous()))
+    return out
+
+
+def lm_eval_windows(ids: Tensor, *, seq_len: int, n_windows: int) -> tuple[Tensor, Tensor]:
+    """(input [N, T], target [N, T]): ``n_windows`` evenly spaced windows of ``ids``."""
+    starts = torch.linspace(0, len(ids) - seq_len - 1, n_windows).long()
+    window = ids[starts[:, None] + torch.arange(seq_len + 1)]  # [N, T+1]
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()

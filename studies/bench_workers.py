@@ -1,0 +1,249 @@
+"""Trials per minute with 1 and 2 local worker processes, measured in one run.
+
+Run: ``python studies/bench_workers.py`` (``--help`` for options). For each storage (a journal
+file, and PostgreSQL when a server is available) the same search runs twice on a fresh
+storage: ``tune(..., workers=1)``, then ``tune(..., workers=2)``. Each prints trials per
+minute and the ratio 2 workers / 1 worker; the goal is >= 1.7x on a 2-core machine.
+
+Two rates per run:
+
+* **trials/min (trials)**: trials over the span from the first trial's start to the last
+  trial's end, read back from the study: the search's steady-state throughput.
+* **trials/min (wall)**: trials over the whole ``tune`` call, including the probe, the
+  worker processes' start-up (a fresh Python importing torch) and the storage set-up.
+
+The task (``bench_task``, below) trains a small MLP for a fixed number of steps at a learning
+rate too low to diverge, so every trial costs about the same whatever clipper it samples and
+the two runs do comparable work. PostgreSQL: ``--postgres URL`` uses your server; otherwise,
+where the server binaries exist, the script starts a throwaway one on 127.0.0.1 (the same
+helper the tests use, ``tests/_postgres.py``); ``--no-postgres`` skips it. Results are
+printed and written as Markdown to ``studies/results/bench_workers.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import autoclip
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_workers.md"
+TARGET = f"{Path(__file__).resolve()}:bench_task"  # a file target, so workers can load it
+WIDTH = 128  # ~35k parameters: a trial is a few hundred small CPU steps
+STEPS = 400  # about a second per trial on one core
+TRIALS = 16  # per run: several trials per worker, so start-up is a small share of the run
+
+
+def bench_task(steps: int = STEPS) -> autoclip.Task:
+    """A 3-layer MLP on fixed synthetic regression batches, SGD at a safe learning rate."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=g)  # [512, 64]
+    y = torch.tanh(x @ torch.randn(64, 1, generator=g))  # [512, 1]
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 512, 64)]  # 8 x [64, 64]
+
+    def model_fn() -> nn.Module:
+        return nn.Sequential(
+            nn.Linear(64, WIDTH), nn.ReLU(), nn.Linear(WIDTH, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 1)
+        )
+
+    return autoclip.Task(
+        model_fn=model_fn,
+        optimizer_fn=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+        loss_fn=lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1]),
+        batches=batches,
+        seed=0,
+        steps=steps,
+        name="bench_workers",
+        description="fixed-cost MLP for the worker benchmark",
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    storage: str
+    workers: int
+    trials: int
+    span_s: float  # first trial start -> last trial end
+    wall_s: float  # the whole tune() call
+
+    @property
+    def per_min(self) -> float:
+        return 60.0 * self.trials / self.span_s
+
+    @property
+    def per_min_wall(self) -> float:
+        return 60.0 * self.trials / self.wall_s
+
+
+def measure(storage_label: str, storage: str, workers: int, trials: int, steps: int) -> Run:
+    import optuna
+
+    from autoclip.search import open_storage, tune
+
+    name = f"bench-{workers}w-{uuid.uuid4().hex[:8]}"
+    # tune(workers=2) pins every worker to one torch thread; do the same for one worker, so
+    # that the ratio measures processes, not OpenMP threads (which, on a model this small,
+    # mostly spin and wait, and on a busy machine slow a run down many times over).
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    tune(
+        TARGET,
+        n_trials=trials,
+        steps=steps,
+        storage=storage,
+        study_name=name,
+        workers=workers,
+        probe_steps=20,
+        baselines=False,
+    )
+    wall = time.perf_counter() - start
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    first = min(t.datetime_start for t in done)
+    last = max(t.datetime_complete for t in done)
+    return Run(storage_label, workers, len(done), (last - first).total_seconds(), wall)
+
+
+@contextlib.contextmanager
+def postgres(url: str | None, enabled: bool) -> Iterator[tuple[str | None, str]]:
+    """(a database URL or None, a note on where it came from)."""
+    if not enabled:
+        yield None, "skipped (--no-postgres)"
+        return
+    if url:
+        yield url, "given with --postgres"
+        return
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    sys.path.insert(0, str(tests))
+    try:
+        import _postgres
+    except ImportError:
+        yield None, "no tests/_postgres.py beside this script; pass --postgres URL"
+        return
+    reason = _postgres.skip_reason()
+    if reason:
+        yield None, f"skipped: {reason}"
+        return
+    with _postgres.postgres_server() as server:
+        yield server.create_database("bench"), "throwaway local server (tests/_postgres.py)"
+
+
+def versions() -> str:
+    import optuna
+
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"optuna {optuna.__version__}, autoclip {autoclip.__version__}"
+    )
+
+
+def machine(load_before: tuple[float, float, float]) -> str:
+    """The machine, and how busy it was (other processes share the cores being measured)."""
+    before = "/".join(f"{x:.1f}" for x in load_before)
+    after = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} "
+        f"{platform.release()}; load average (1/5/15 min) {before} before, {after} after; "
+        "one torch thread per worker process"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=TRIALS, help="trials per run")
+    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per trial")
+    parser.add_argument("--postgres", metavar="URL", help="PostgreSQL database to use")
+    parser.add_argument("--no-postgres", action="store_true", help="journal file only")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown file to write")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
+    warnings.simplefilter("ignore")  # Optuna's experimental/deprecation notes
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in (1, 2):
+            runs.append(
+                measure(
+                    "journal file", os.path.join(tmp, f"{w}.journal"), w, args.trials, args.steps
+                )
+            )
+            print(_line(runs[-1]), flush=True)
+    with postgres(args.postgres, not args.no_postgres) as (url, pg_note):
+        if url is not None:
+            for w in (1, 2):
+                runs.append(measure("PostgreSQL", url, w, args.trials, args.steps))
+                print(_line(runs[-1]), flush=True)
+        else:
+            print(f"PostgreSQL: {pg_note}")
+
+    table = _table(runs)
+    print()
+    print(table)
+    command = "python studies/bench_workers.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    header = "\n".join(
+        [
+            "# Trials per minute with 1 and 2 local workers",
+            "",
+            f"- command: `{command.strip()}`",
+            f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- versions: {versions()}",
+            f"- machine: {machine(load_before)}",
+            f"- task: `bench_task` ({args.steps} steps a trial), {args.trials} trials a run, "
+            "a fresh study per run",
+            f"- PostgreSQL: {pg_note}",
+            "",
+            "Goal: 2 workers >= 1.7x the trials per minute of 1 worker on 2 cores. "
+            "'trials' rates span the first trial's start to the last trial's end; 'wall' rates "
+            "cover the whole `tune` call (probe and worker start-up included).",
+            "",
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(header + "\n" + table + "\n")
+    print(f"\nwrote {args.out}")
+
+
+def _line(r: Run) -> str:
+    return (
+        f"{r.storage:>12}, {r.workers} worker(s): {r.trials} trials, "
+        f"{r.per_min:6.1f} trials/min (trials), {r.per_min_wall:6.1f} trials/min (wall)"
+    )
+
+
+def _table(runs: list[Run]) -> str:
+    rows = [
+        "| storage | workers | trials | trials/min (trials) | trials/min (wall) "
+        "| ratio (trials) | ratio (wall) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = {r.storage: r for r in runs if r.workers == 1}
+    for r in runs:
+        b = base[r.storage]
+        rows.append(
+            f"| {r.storage} | {r.workers} | {r.trials} | {r.per_min:.1f} | {r.per_min_wall:.1f} "
+            f"| {r.per_min / b.per_min:.2f}x | {r.per_min_wall / b.per_min_wall:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
