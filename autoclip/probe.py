@@ -7,11 +7,13 @@ clipper, and records per step
 * the global 2-norm of the gradient (before anything touches it), the loss, and the 2-norm of
   every parameter tensor's gradient (one ``torch._foreach_norm`` kernel per device and dtype);
 * at ``samples`` evenly spaced steps, a fixed random sample of gradient elements ``|g|`` (for
-  value clipping) and of unit-wise ratios ``||G_i|| / max(||W_i||, eps)`` (for AGC).
+  value clipping) and of unit-wise ratios ``||G_i|| / ||W_i||`` of weight rows (for AGC).
 
 Afterwards the caller's model (parameters, buffers, ``.grad``, train/eval flags), optimizer
 (state, step counts, ``param_groups``), ``GradScaler`` and the python, numpy and torch random
-states are put back exactly as they were, bit for bit (the pattern of Lightning's ``lr_find``).
+states are put back exactly as they were, bit for bit (the pattern of Lightning's ``lr_find``),
+into the very same tensor objects. The copy is kept in memory on the tensors' own device, so
+the probe needs room for a second copy of the parameters, buffers and optimizer state.
 The optimizer's own step hooks (e.g. an attached clipper) are suspended during the probe so
 the warm-up is really unclipped and leaves no trace in them.
 
@@ -27,14 +29,17 @@ step 8 says little. So:
   training would; only blow-ups are capped, so that one early blow-up does not leave the rest
   of the warm-up measuring a wrecked model (the first step has no median yet and is never
   capped);
-* the probe stops early, with the reason recorded, when the loss becomes NaN/inf or
-  ``MAX_NONFINITE_IN_ROW`` steps in a row had non-finite gradients, or when the batches run out.
+* the probe stops early, with the reason recorded, when the model diverges (the loss becomes
+  NaN/inf or 1000x its first value, or ``MAX_NONFINITE_IN_ROW`` steps in a row had non-finite
+  gradients: the rules of the training loop), or when the batches run out.
 
 Overhead. Nothing on the per-step path waits for an accelerator: losses and norms stay on the
 device and move to the host every ``sync_every`` steps. On the host (CPU tensors) reading a
 number costs nothing, so there the safety net branches in Python and skips the optimizer step
 outright; on an accelerator it multiplies by a clamped coefficient instead (a non-finite step
-then becomes a zero-gradient step, as with the clippers' ``nonfinite="skip"``).
+then becomes a zero-gradient step, as with the clippers' ``nonfinite="skip"``). With a
+``GradScaler``, ``scaler.step`` reads its inf flag on the host each step, as it does in
+training.
 """
 
 from __future__ import annotations
@@ -59,13 +64,15 @@ __all__ = ["GradTrace", "probe", "probe_task"]
 # touches blow-ups; at 20x, blow-ups that build up over a few steps (the median climbing with
 # them) got through and wrecked the warm-ups of the digits_mlp and char_lstm studies.
 SAFETY_CLIP = 5.0
-# Gradient elements (and AGC unit ratios) kept at each sampled step: enough for a 99.9th
-# percentile from ten sampled steps, small enough to keep a trace's JSON in the kilobytes.
+# Gradient elements (and AGC unit ratios) kept at each sampled step: a few thousand from the
+# settled sampled steps give a stable 99th percentile, and a trace's JSON stays small.
 SAMPLE_SIZE = 1024
 # Sampled steps spread over the warm-up.
 SAMPLES = 10
-# Same rule as training: ten non-finite steps in a row means the run has diverged.
+# Same rules as training: ten non-finite steps in a row, or a loss 1000x its first value,
+# mean the run has diverged.
 MAX_NONFINITE_IN_ROW = 10
+EXPLODE_FACTOR = 1e3
 # Host copies every 25 steps on an accelerator; free on the host, where it is every step.
 SYNC_EVERY = 25
 # Tests set this to run the accelerator code path (no host reads per step) on the CPU.
@@ -149,6 +156,8 @@ class GradTrace:
         skipped: whether that step's update was skipped (non-finite gradient).
         planned_steps: the ``steps`` asked for.
         stopped_early: the warm-up ended before ``planned_steps``; ``reason`` says why.
+        diverged: it ended because the model diverged (a NaN/inf loss, a loss 1000x its first
+            value, or ten non-finite gradients in a row), not because the batches ran out.
         safety_clip: the safety multiple used (None: disabled).
         optimizer: the optimizer's class name; ``lr``: its first group's learning rate.
         amp: whether a ``GradScaler`` was used (norms are of the unscaled gradients).
@@ -170,6 +179,7 @@ class GradTrace:
     planned_steps: int = 0
     stopped_early: bool = False
     reason: str | None = None
+    diverged: bool = False
     safety_clip: float | None = SAFETY_CLIP
     optimizer: str = ""
     lr: float | None = None
@@ -667,12 +677,20 @@ def _warm_up(
     ratios: list[Tensor] = []
     history: list[float] = []  # host: sorted finite norms, for the running median
     hist_buf = torch.full((steps,), math.nan, device=device)  # device: the same, unsorted
-    state = {"nonfinite_in_row": 0, "reason": None}
+    state: dict[str, Any] = {"nonfinite_in_row": 0, "first_loss": None}
 
     def check(step: int, loss: float, norm: float) -> str | None:
         """Stopping rules, applied to each recorded step in order."""
         if not math.isfinite(loss):
             return f"the loss became non-finite ({loss}) at step {step}; the model diverged"
+        first = state["first_loss"]
+        if first is None:
+            state["first_loss"] = first = loss
+        if first > 0 and loss > EXPLODE_FACTOR * first:
+            return (
+                f"the loss exploded to {loss:.4g} (> {EXPLODE_FACTOR:g}x the first) at step "
+                f"{step}; the model diverged"
+            )
         if math.isfinite(norm):
             state["nonfinite_in_row"] = 0
         else:
@@ -705,6 +723,8 @@ def _warm_up(
         try:
             batch = next(stream)
         except StopIteration:
+            if step == 0:
+                raise TaskError("batches is empty: give at least one batch") from None
             reason = f"the batches ran out after {step} steps"
             break
         for p in params:
@@ -802,6 +822,7 @@ def _warm_up(
         skipped=tuple(skipped[:n]),
         planned_steps=steps,
         stopped_early=reason is not None,
+        diverged=reason is not None and reason.endswith("diverged"),
         reason=reason,
         safety_clip=None if safety_clip is None else float(safety_clip),
         optimizer=type(optimizer).__name__,

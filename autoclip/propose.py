@@ -32,16 +32,21 @@ Every threshold is read off the **normal regime of the settled part** of the war
 training settles, so it would be too loose; they can also jump when an early blow-up damages
 the model). The proposal copes in four ways: (1) the transient is cut off (only steps from
 ``settle_step`` on count, see :mod:`autoclip.stats`); (2) when the settled level still drifts,
-the fixed threshold is taken from the *last* quarter of the warm-up; (3) then the
-recommendation is an adaptive (quantile) clipper, which follows the level during training;
-(4) adaptive clippers are warm-started from the settled norms only (``warm_norms``), never
-from the transient. The probe's safety net (:mod:`autoclip.probe`) also keeps an early blow-up
-from wrecking the warm-up the statistics come from.
+the fixed threshold is taken from the *last* quarter of the warm-up; (3) then, if the model
+shows no spikes, the recommendation is an adaptive (quantile) clipper, which follows the level
+during training; (4) adaptive clippers are warm-started from the settled norms only
+(``warm_norms``), never from the transient. The probe's safety net (:mod:`autoclip.probe`)
+also keeps an early blow-up from wrecking the warm-up the statistics come from.
 
 **Which one is recommended.** A fixed norm clip at the median when the level is steady (there
-is nothing for an adaptive rule to follow, and a fixed threshold cannot be dragged up by a run
-that blows up); quantile clipping at about the median, warm-started, when the level drifts;
-and, when the warm-up itself diverged, a norm clip at the median of the norms seen before.
+is nothing for an adaptive rule to follow); when the level drifts, quantile clipping at about
+the median, warm-started, but only if the warm-up had no spikes: with spikes the model's
+gradients blow up, and a rule that learns its threshold from the run's own norms is dragged up
+by the very blow-ups it should stop (``studies/probe_rnn.py`` shows it on ``relu_rnn``: the
+warm-started quantile candidate against the recommended fixed one), so the threshold stays
+fixed, at the level of the last quarter. When the warm-up itself diverged: a norm clip at the
+median of the norms from before the loss blew up (passed 10x its first value), the only steps
+taken by a model still under control.
 """
 
 from __future__ import annotations
@@ -266,11 +271,13 @@ def propose(stats: GradStats | GradTrace) -> Proposal:
     settled = np.asarray(warm, dtype=float)
     level = _positive(st.end_level, st.median)
     p50 = _positive(st.normal.p50, level)
-    diverged = bool(st.nonfinite_steps) and st.stopped_early
+    diverged = st.diverged
 
     if diverged:
-        max_norm = _sig(st.median)
-        norm_reason = f"the median of the norms before the warm-up diverged ({st.reason})"
+        before = _norms_before(st, st.blowup_step)
+        max_norm = _sig(float(np.median(before)) if before else st.median)
+        upto = st.blowup_step if st.blowup_step is not None else st.steps
+        norm_reason = f"the median norm of steps 0-{upto - 1}, before the loss blew up"
     elif st.drifting:
         max_norm = _sig(level)
         norm_reason = "the median norm of the warm-up's last quarter (the level still drifts)"
@@ -328,20 +335,30 @@ def propose(stats: GradStats | GradTrace) -> Proposal:
     if diverged:
         pick = "norm"
         reason = (
-            f"The warm-up diverged ({st.reason}), so clip every step at the median norm seen "
-            f"before it ({_fmt(max_norm)}); a rule that learns its threshold from the run "
-            "itself would learn it from the blow-up."
+            f"The warm-up diverged ({st.reason}), so clip every step at the median norm from "
+            f"before the loss blew up ({_fmt(max_norm)}); a rule that learns its threshold from "
+            "the run itself would learn it from the blow-up."
         )
     elif st.drifting:
-        pick = "quantile"
         change = "rises" if st.settled_change > 1 else "falls"
         factor = max(st.settled_change, 1 / st.settled_change)
-        reason = (
-            f"The norm level still {change} at the end of the warm-up ({factor:.1f}x per "
-            f"{st.steps} steps; {spikes}), so a quantile clipper at about the median, "
-            "warm-started from the settled norms, follows the level where a fixed threshold "
-            "would not."
+        moving = (
+            f"The norm level still {change} at the end of the warm-up ({factor:.1f}x over its "
+            f"last {st.steps - st.settle_step} steps"
         )
+        if n_spikes:
+            pick = "norm"
+            reason = (
+                f"{moving}), but with {spikes} an adaptive threshold would learn from the very "
+                f"blow-ups it should stop, so clip at a fixed max_norm={_fmt(max_norm)}, the "
+                "median norm of the warm-up's last quarter."
+            )
+        else:
+            pick = "quantile"
+            reason = (
+                f"{moving}; no spikes), so a quantile clipper at about the median, warm-started "
+                "from the settled norms, follows the level where a fixed threshold would not."
+            )
     else:
         pick = "norm"
         reason = (
@@ -359,6 +376,12 @@ def propose(stats: GradStats | GradTrace) -> Proposal:
         warm_norms=tuple(float(v) for v in warm),
         stats=st,
     )
+
+
+def _norms_before(st: GradStats, step: int | None) -> list[float]:
+    """Finite norms of the steps before ``step`` (all of them when None)."""
+    end = st.steps if step is None else step
+    return [v for v in st.norms[:end] if math.isfinite(v) and v > 0]
 
 
 def _normal_sd(st: GradStats, settled: np.ndarray) -> float:
@@ -383,11 +406,9 @@ def _spike_origin(st: GradStats) -> str:
 
 
 def _space(st, max_norm, clip_value, q, z, clipping, order) -> SearchSpace:
-    p50 = _positive(st.normal.p50, max_norm)
-    # max_norm: from a tenth of the median (nearly every step clipped: normalised-gradient
-    # descent) to ten times it (the loose end of the 5-10x rule of thumb), and always at
-    # least 10x around the candidate.
-    norm = (_sig(min(p50, max_norm) / 10), _sig(10 * max(p50, max_norm)))
+    # max_norm: from a tenth of the candidate, itself a median (nearly every step clipped:
+    # normalised-gradient descent), to ten times it (the loose end of the 5-10x rule of thumb)
+    norm = (_sig(max_norm / 10), _sig(10 * max_norm))
     v50 = _positive(st.values.p50, clip_value / 10)
     value = (_sig(min(v50, clip_value / 3)), _sig(10 * clip_value))
     # from AutoClip's published 10th percentile to clipping only the top 1%

@@ -105,7 +105,7 @@ def stats_markdown(stats: GradStats) -> str:
         f"- Trend: norms {direction} {abs(s.trend) * 100:.2g}% per step; last quarter / first "
         f"quarter x{s.trend_ratio:.3g}; settled part "
         + ("still drifting" if s.drifting else "steady")
-        + f" (at its rate, x{s.settled_change:.3g} over another {s.steps} steps).",
+        + f" (x{s.settled_change:.3g} from step {s.settle_step} to the end).",
     ]
     if s.spike_steps:
         lines.append(
@@ -226,7 +226,7 @@ def plot_norms(
     ax.set_yscale("log")
     ax.set_xlabel("warm-up step")
     ax.set_ylabel("gradient norm")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
     ax.set_title(title or "Gradient norm during the warm-up", fontsize=10)
     if finite.any():
         logs = np.log10(norms[finite])

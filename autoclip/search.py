@@ -148,13 +148,15 @@ def open_storage(
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}  # not minutes on a bad host
         try:
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=3 * heartbeat_interval,
-                **{_RETRY_KWARG: _RetryStale(max_retry=MAX_RETRY)},
-            )
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=3 * heartbeat_interval,
+                    **{_RETRY_KWARG: _RetryStale(max_retry=MAX_RETRY)},
+                )
         except ImportError as exc:
             raise StorageError(
                 f"storage {_redact(storage)} needs a database driver that is not installed "

@@ -3,6 +3,8 @@
 What is measured, and how (all on the finite steps; non-finite ones are counted as spikes):
 
 * **Percentiles** of the global norm over the whole warm-up (p50 ... max, mean, median, MAD).
+* **Blow-up**: the first step whose loss was NaN/inf or 10x the first loss, if any; when the
+  warm-up diverged, the norms before it are the only ones from a model still under control.
 * **The settled part.** Norms usually fall (sometimes rise) over the first steps, so numbers
   from the whole warm-up are biased towards the start. The log-norm is smoothed with a running
   median; the warm-up counts as settled from the first step after which the smoothed level
@@ -48,9 +50,12 @@ __all__ = ["GradStats", "Percentiles", "compute_stats"]
 # The smoothed log-norm counts as settled within a factor 1.5 of its final level: finer than
 # that is minibatch noise, coarser would let the start-up transient into the statistics.
 SETTLE_TOL = math.log(1.5)
+# A loss 10x its first value marks where a blow-up began (the probe stops at 1000x).
+BLOWUP = 10.0
 # A spike is at least twice its local level: smaller bumps are ordinary minibatch noise.
 MIN_SPIKE_FACTOR = 2.0
-# A change of level by more than 2x within the settled part is drift (if beyond noise too).
+# A level that, at the settled part's rate, moves more than 2x per warm-up length is drift
+# (if the slope is beyond noise too).
 DRIFT = math.log(2.0)
 # Modified z-score cut (Iglewicz & Hoaglin 1993) for the fallback outlier rule, raised for
 # long warm-ups so that noise alone flags a spike in about FALSE_SPIKE_RATE of them.
@@ -99,6 +104,8 @@ class GradStats:
     planned_steps: int
     stopped_early: bool
     reason: str | None
+    diverged: bool  # the warm-up stopped because the model diverged
+    blowup_step: int | None  # first step whose loss was NaN/inf or 10x the first (None: none)
     norms: tuple[float, ...]
     losses: tuple[float, ...]
     # global norm over all finite steps
@@ -122,8 +129,8 @@ class GradStats:
     trend: float
     settled_trend: float
     trend_ratio: float
-    settled_change: float  # exp(settled_trend * steps): the move over another warm-up
-    drifting: bool  # settled_change is beyond 2x (either way) and beyond noise
+    settled_change: float  # factor the fitted level moved by across the settled part
+    drifting: bool  # at the settled rate, >2x per warm-up length, and beyond noise
     # spikes
     spike_steps: tuple[int, ...]
     spike_rate: float
@@ -194,6 +201,10 @@ class GradStats:
         lines = [f"Gradients over {self.steps} warm-up steps" + (f" ({opt})" if opt else "")]
         if self.stopped_early:
             lines.append(f"  stopped early: {self.reason}")
+        if self.blowup_step is not None:
+            lines.append(
+                f"  blow-up       the loss passed 10x its first value at step {self.blowup_step}"
+            )
         lines.append(
             f"  global norm   p50 {_g(self.p50)}  p90 {_g(self.p90)}  p99 {_g(self.p99)}  "
             f"max {_g(self.max)}  (mean {_g(self.mean)}, MAD {_g(self.mad)})"
@@ -292,16 +303,22 @@ def settle_index(log_norms: np.ndarray, smooth: np.ndarray, tol: float = SETTLE_
     return min(first, n - tail)
 
 
-def robust_slope(t: np.ndarray, y: np.ndarray) -> float:
-    """Slope of ``y`` per unit of ``t`` by Huber regression (0 for fewer than 3 points)."""
-    if len(t) < 3 or np.ptp(t) == 0:
-        return 0.0
+def robust_slope(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``(slope, se)``: slope of ``y`` per unit of ``t`` by Huber regression, and its standard
+    error ``sigma * sqrt(12 / (m^3 - m))`` for ``m`` evenly spaced points, with ``sigma`` the
+    robust scale of the residuals around the line (``(0, inf)`` for fewer than 3 points)."""
+    m = len(t)
+    if m < 3 or np.ptp(t) == 0:
+        return 0.0, math.inf
     from sklearn.linear_model import HuberRegressor
 
-    scale = float(np.ptp(t))
-    model = HuberRegressor(alpha=0.0, max_iter=200)
-    model.fit(((t - t[0]) / scale).reshape(-1, 1), y)
-    return float(model.coef_[0]) / scale
+    span = float(np.ptp(t))
+    u = ((t - t[0]) / span).reshape(-1, 1)
+    model = HuberRegressor(alpha=0.0, max_iter=200).fit(u, y)
+    resid = y - model.predict(u)
+    sigma = _MAD_TO_SIGMA * float(np.median(np.abs(resid - np.median(resid))))
+    step = span / (m - 1)  # the spacing of the points, in units of t
+    return float(model.coef_[0]) / span, sigma * math.sqrt(12 / (m**3 - m)) / step
 
 
 def find_spikes(residual: np.ndarray) -> tuple[np.ndarray, int, float]:
@@ -368,18 +385,16 @@ def compute_stats(trace: GradTrace) -> GradStats:
     settled_mask = np.arange(n) >= i0
 
     # trend
-    trend = robust_slope(steps_f.astype(float), x)
-    settled_trend = robust_slope(steps_f[i0:].astype(float), x[i0:])
+    trend, _ = robust_slope(steps_f.astype(float), x)
+    settled_trend, settled_se = robust_slope(steps_f[i0:].astype(float), x[i0:])
     q = max(1, n // 4)
     trend_ratio = float(math.exp(np.median(x[n - q :]) - np.median(x[:q])))
     # Drift: at the settled part's own rate, how far would the level move over another
-    # warm-up of the same length? Drifting when more than DRIFT (2x), and the slope is more
-    # than three standard errors from zero (for m evenly spaced points with noise sigma the
-    # slope's standard error is sigma * sqrt(12 / m^3)).
-    m = n - i0
-    change = settled_trend * trace.steps_run
-    se = noise * math.sqrt(12 / max(m, 2) ** 3)
-    drifting = abs(change) > DRIFT and abs(settled_trend) > 3 * se
+    # warm-up of the same length? Drifting when more than DRIFT (2x) and the slope is more
+    # than three standard errors from zero. The error comes from the scatter around the
+    # fitted line, so a level that wanders (rather than trends) does not count as drift.
+    drifting = abs(settled_trend) * trace.steps_run > DRIFT and abs(settled_trend) > 3 * settled_se
+    change = settled_trend * (steps_f[-1] - settle_step)  # the fitted move, as observed
 
     # spikes
     residual = x - smooth
@@ -423,6 +438,10 @@ def compute_stats(trace: GradTrace) -> GradStats:
 
     losses = np.asarray(trace.losses, dtype=float)
     fl = losses[np.isfinite(losses)]
+    blown = ~np.isfinite(losses)
+    if fl.size and fl[0] > 0:
+        blown |= losses > BLOWUP * fl[0]
+    blowup_step = int(np.flatnonzero(blown)[0]) if blown.any() else None
     tail = max(1, len(fl) // 10)
     median = float(np.median(vals))
     return GradStats(
@@ -430,6 +449,8 @@ def compute_stats(trace: GradTrace) -> GradStats:
         planned_steps=trace.planned_steps,
         stopped_early=trace.stopped_early,
         reason=trace.reason,
+        diverged=trace.diverged,
+        blowup_step=blowup_step,
         norms=tuple(float(v) for v in norms),
         losses=tuple(float(v) for v in losses),
         **_flat_percentiles(vals),

@@ -31,6 +31,10 @@ layers = [nn.Linear(64, 128), nn.ReLU()]
 for _ in range(6):
     layers += [nn.Linear(128, 128), nn.ReLU()]
 model = nn.Sequential(*layers, nn.Linear(128, 10))
+for m in model:
+    if isinstance(m, nn.Linear):  # He init, zero biases, no normalisation anywhere
+        nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        nn.init.zeros_(m.bias)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 

@@ -1,9 +1,10 @@
 """Trials per minute with 1 and 2 local worker processes, measured in one run.
 
 Run: ``python studies/bench_workers.py`` (``--help`` for options). For each storage (a journal
-file, and PostgreSQL when a server is available) the same search runs twice on a fresh
-storage: ``tune(..., workers=1)``, then ``tune(..., workers=2)``. Each prints trials per
-minute and the ratio 2 workers / 1 worker; the goal is >= 1.7x on a 2-core machine.
+file, and PostgreSQL when a server is available) the same search runs twice, each time in a
+fresh study: ``tune(..., workers=1)``, then ``tune(..., workers=2)``; that pair is repeated
+``--rounds`` times and the summary takes medians. It prints trials per minute and the ratio
+2 workers / 1 worker; the goal is >= 1.7x on a 2-core machine.
 
 Two rates per run:
 
@@ -11,6 +12,12 @@ Two rates per run:
   trial's end, read back from the study: the search's steady-state throughput.
 * **trials/min (wall)**: trials over the whole ``tune`` call, including the probe, the
   worker processes' start-up (a fresh Python importing torch) and the storage set-up.
+
+A control opens every round and says what the machine can give a second process at all right
+then: the bare training loop (no search, no Optuna) in 2 processes versus 1. On an idle
+2-core machine it is close to 2x; when other work shares the cores it is lower (Linux shares
+CPU time fairly between login sessions, so a busy neighbour caps what a second worker adds),
+and the workers' ratio of that round is to be read against it.
 
 The task (``bench_task``, below) trains a small MLP for a fixed number of steps at a learning
 rate too low to diverge, so every trial costs about the same whatever clipper it samples and
@@ -27,6 +34,7 @@ import contextlib
 import datetime
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +54,7 @@ TARGET = f"{Path(__file__).resolve()}:bench_task"  # a file target, so workers c
 WIDTH = 128  # ~35k parameters: a trial is a few hundred small CPU steps
 STEPS = 400  # about a second per trial on one core
 TRIALS = 16  # per run: several trials per worker, so start-up is a small share of the run
+ROUNDS = 3  # per storage; other work on the machine comes and goes, so medians of rounds
 
 
 def bench_task(steps: int = STEPS) -> autoclip.Task:
@@ -118,6 +127,36 @@ def measure(storage_label: str, storage: str, workers: int, trials: int, steps: 
     return Run(storage_label, workers, len(done), (last - first).total_seconds(), wall)
 
 
+def _loop(steps: int, out) -> None:
+    """The control: the task's training loop alone (no autoclip search, no Optuna)."""
+    from autoclip.training import train
+
+    torch.set_num_threads(1)
+    task = bench_task(steps)
+    train(task, None, steps=20)  # warm-up: first-call allocations
+    start = time.perf_counter()
+    train(task, None, steps=steps)
+    out.put(time.perf_counter() - start)
+
+
+def control(steps: int) -> float:
+    """Steps per second of 2 processes over 1, each running the bare training loop."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    rate = {}
+    for n in (1, 2):
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_loop, args=(steps, out)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        times = [out.get() for _ in procs]
+        for p in procs:
+            p.join()
+        rate[n] = n * steps / max(times)
+    return rate[2] / rate[1]
+
+
 @contextlib.contextmanager
 def postgres(url: str | None, enabled: bool) -> Iterator[tuple[str | None, str]]:
     """(a database URL or None, a note on where it came from)."""
@@ -162,38 +201,62 @@ def machine(load_before: tuple[float, float, float]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Round:
+    """One storage, measured back to back: the control, then 1 worker, then 2 workers."""
+
+    control: float
+    one: Run
+    two: Run
+
+    @property
+    def ratio(self) -> float:
+        return self.two.per_min / self.one.per_min
+
+    @property
+    def ratio_wall(self) -> float:
+        return self.two.per_min_wall / self.one.per_min_wall
+
+
+def run_rounds(label: str, storage_for, args) -> list[Round]:
+    rounds = []
+    for i in range(args.rounds):
+        c = control(args.control_steps)
+        one = measure(label, storage_for(i, 1), 1, args.trials, args.steps)
+        two = measure(label, storage_for(i, 2), 2, args.trials, args.steps)
+        rounds.append(Round(c, one, two))
+        print(_line(i, rounds[-1]), flush=True)
+    return rounds
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=TRIALS, help="trials per run")
     parser.add_argument("--steps", type=int, default=STEPS, help="training steps per trial")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per storage")
     parser.add_argument("--postgres", metavar="URL", help="PostgreSQL database to use")
     parser.add_argument("--no-postgres", action="store_true", help="journal file only")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown file to write")
     args = parser.parse_args(argv)
+    args.control_steps = 10 * args.steps  # a few seconds of the same work as a trial
     load_before = os.getloadavg()
     warnings.simplefilter("ignore")  # Optuna's experimental/deprecation notes
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    runs: list[Run] = []
+    results: dict[str, list[Round]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for w in (1, 2):
-            runs.append(
-                measure(
-                    "journal file", os.path.join(tmp, f"{w}.journal"), w, args.trials, args.steps
-                )
-            )
-            print(_line(runs[-1]), flush=True)
+        results["journal file"] = run_rounds(
+            "journal file", lambda i, w: os.path.join(tmp, f"{i}-{w}.journal"), args
+        )
     with postgres(args.postgres, not args.no_postgres) as (url, pg_note):
-        if url is not None:
-            for w in (1, 2):
-                runs.append(measure("PostgreSQL", url, w, args.trials, args.steps))
-                print(_line(runs[-1]), flush=True)
+        if url is not None:  # one database; every run makes a study of its own in it
+            results["PostgreSQL"] = run_rounds("PostgreSQL", lambda i, w: url, args)
         else:
             print(f"PostgreSQL: {pg_note}")
 
-    table = _table(runs)
+    table = _table(results)
     print()
     print(table)
     command = "python studies/bench_workers.py " + " ".join(
@@ -208,12 +271,16 @@ def main(argv: list[str] | None = None) -> None:
             f"- versions: {versions()}",
             f"- machine: {machine(load_before)}",
             f"- task: `bench_task` ({args.steps} steps a trial), {args.trials} trials a run, "
-            "a fresh study per run",
+            f"a fresh study per run, {args.rounds} rounds per storage",
             f"- PostgreSQL: {pg_note}",
             "",
-            "Goal: 2 workers >= 1.7x the trials per minute of 1 worker on 2 cores. "
-            "'trials' rates span the first trial's start to the last trial's end; 'wall' rates "
-            "cover the whole `tune` call (probe and worker start-up included).",
+            "Goal: 2 workers >= 1.7x the trials per minute of 1 worker on 2 cores. Each round "
+            "measures, back to back, the control (the bare training loop, "
+            f"{args.control_steps} steps, no search, in 2 processes versus 1: what a second "
+            "process could add on this machine at that moment), then 1 worker, then 2 "
+            "workers. 'trials' rates span the first trial's start to the last trial's end; "
+            "'wall' rates cover the whole `tune` call (probe and worker start-up included). "
+            "The summary rows are medians over the rounds.",
             "",
         ]
     )
@@ -222,25 +289,33 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwrote {args.out}")
 
 
-def _line(r: Run) -> str:
+def _line(i: int, r: Round) -> str:
     return (
-        f"{r.storage:>12}, {r.workers} worker(s): {r.trials} trials, "
-        f"{r.per_min:6.1f} trials/min (trials), {r.per_min_wall:6.1f} trials/min (wall)"
+        f"{r.one.storage:>12}, round {i + 1}: control {r.control:.2f}x; trials/min "
+        f"{r.one.per_min:6.1f} (1 worker), {r.two.per_min:6.1f} (2 workers): {r.ratio:.2f}x "
+        f"(wall {r.ratio_wall:.2f}x)"
     )
 
 
-def _table(runs: list[Run]) -> str:
+def _table(results: dict[str, list[Round]]) -> str:
     rows = [
-        "| storage | workers | trials | trials/min (trials) | trials/min (wall) "
-        "| ratio (trials) | ratio (wall) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| storage | round | control 2/1 | trials/min, 1 worker | trials/min, 2 workers "
+        "| ratio 2/1 (trials) | ratio 2/1 (wall) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    base = {r.storage: r for r in runs if r.workers == 1}
-    for r in runs:
-        b = base[r.storage]
+    med = statistics.median
+    for label, rounds in results.items():
+        for i, r in enumerate(rounds):
+            rows.append(
+                f"| {label} | {i + 1} | {r.control:.2f}x | {r.one.per_min:.1f} "
+                f"| {r.two.per_min:.1f} | {r.ratio:.2f}x | {r.ratio_wall:.2f}x |"
+            )
         rows.append(
-            f"| {r.storage} | {r.workers} | {r.trials} | {r.per_min:.1f} | {r.per_min_wall:.1f} "
-            f"| {r.per_min / b.per_min:.2f}x | {r.per_min_wall / b.per_min_wall:.2f}x |"
+            f"| **{label}** | **median** | **{med(r.control for r in rounds):.2f}x** "
+            f"| **{med(r.one.per_min for r in rounds):.1f}** "
+            f"| **{med(r.two.per_min for r in rounds):.1f}** "
+            f"| **{med(r.ratio for r in rounds):.2f}x** "
+            f"| **{med(r.ratio_wall for r in rounds):.2f}x** |"
         )
     return "\n".join(rows)
 

@@ -2,11 +2,11 @@
 
 Why it is here: the classic long-range recurrent task (Hochreiter and Schmidhuber 1997; the
 benchmark of Pascanu et al. 2013, "On the difficulty of training recurrent neural networks",
-where gradient-norm clipping was introduced). Its failure mode is not a loss that explodes but
-a run that never leaves the trivial solution: early gradient spikes, backpropagated through
-``SEQ_LEN`` steps, knock the LSTM into saturation and it settles on predicting the mean. At this
-learning rate about half the unclipped seeds stay stuck there, while a clipped run solves the
-task; the loss is bimodal, so the spread across seeds is part of the result.
+where gradient-norm clipping was introduced). Its failure mode here is not a loss that
+explodes but a run that never leaves the trivial solution, predicting the mean. At this
+learning rate a third to a half of the unclipped seeds stay stuck there, while the same
+learning rate clipped near the typical norm (0.25 to 1) solves the task on every seed we ran;
+the loss is bimodal, so the spread across seeds is part of the result.
 
 * Model: one LSTM layer (``HIDDEN`` units) reading ``[value, marker]`` pairs, a linear head on
   the last hidden state.
@@ -17,7 +17,7 @@ task; the loss is bimodal, so the spread across seeds is part of the result.
 * Optimiser: Adam at lr ``LR`` (ten times the usual 1e-3 for LSTMs).
 * Metric: ``eval_fn`` is the held-out mean squared error. Predicting the mean (1) scores
   1/6 = 0.167; a solved run is below 0.01.
-* Budget: ``STEPS`` optimizer steps, about 5 s on one CPU core.
+* Budget: ``STEPS`` optimizer steps, about 7 s of CPU time (one thread).
 * Default clipper: global norm 5, Sutskever et al. 2014 ("Sequence to sequence learning with
   neural networks", LSTMs clipped at norm 5), also the default ``max_gradient_norm`` of
   TensorFlow's NMT tutorial: the conventional value for LSTMs outside the word-LM example.

@@ -7,7 +7,10 @@ train three arms from the same initial weights for the task's full budget:
 
 * ``none``: no clipping;
 * ``norm 1.0``: ``clip_grad_norm_(params, 1.0)`` (``NormClip(1.0)``, bit-identical to it);
-* ``suggest``: ``proposal.clipper()``, as returned (warm-started if adaptive).
+* ``suggest``: ``proposal.clipper()``, as returned (warm-started if adaptive);
+* ``quantile candidate``: for context, the proposal's adaptive candidate
+  (``proposal.clipper("quantile")``, warm-started), which it recommends only for models
+  without spikes.
 
 The metric is the held-out MSE after training (predicting 0 scores 2/3); a run that diverges
 scores its divergence. The table goes to stdout and to ``studies/results/probe_rnn.md``, with
@@ -73,6 +76,8 @@ def run(seeds: int, probe_steps: int, steps: int | None) -> tuple[list[dict], li
             "none": train(task, None),
             "norm 1.0": train(task, autoclip.NormClip(1.0)),
             "suggest": train(task, proposal.clipper()),
+            # for context: the adaptive alternative the proposal did not recommend here
+            "quantile candidate": train(task, proposal.clipper("quantile")),
         }
         rows.append({"seed": seed, "proposal": proposal, "logs": logs})
         print(

@@ -15,7 +15,7 @@ result is a tie across arms, and a clipper that hurts here is too aggressive.
   ``shakespeare_char`` settings, without its warm-up and decay schedule).
 * Metric: ``eval_fn`` is the held-out cross-entropy in nats per character over
   ``EVAL_WINDOWS`` fixed windows.
-* Budget: ``STEPS`` optimizer steps, about 7 s on one CPU core.
+* Budget: ``STEPS`` optimizer steps, about 8 s of CPU time (one thread).
 * Default clipper: global norm 1.0, the transformer convention (GPT-3; nanoGPT's
   ``grad_clip``; Hugging Face ``Trainer``'s ``max_grad_norm``).
 """

@@ -163,7 +163,7 @@ def _running_in(storage: str, name: str, pid: int):
     """The trial that process ``pid`` is training right now, once one has started."""
     for t in _trials(storage, name):
         if t.state == TrialState.RUNNING and t.user_attrs.get(ATTR + "pid") == pid:
-            if t.user_attrs.get(ATTR + "steps_run", 0) >= 1:  # really training, mid-trial
+            if ATTR + "config" in t.user_attrs:  # its clipper is built: training has begun
                 return t
     return None
 
@@ -182,6 +182,14 @@ def _same(a: dict, b: dict) -> bool:
         math.isclose(a[k], b[k], rel_tol=1e-12) if isinstance(a[k], float) else a[k] == b[k]
         for k in a
     )
+
+
+def _created(storage: str, name: str) -> bool:
+    """Whether the study exists (without creating an empty journal file to find out)."""
+    store = open_storage(storage) if "://" in storage or os.path.exists(storage) else None
+    return store is not None and name in [
+        s.study_name for s in optuna.get_all_study_summaries(store)
+    ]
 
 
 def _enqueued(storage: str, name: str) -> list[dict]:
@@ -213,7 +221,7 @@ def test_workers_on_one_study_complete_exactly_n_trials_without_duplicates(stora
     )
     _wait_for(
         "the study to be created",
-        lambda: _trials(storage, name) or _created(storage, name),
+        lambda: _created(storage, name),
         proc=other,
         log=log,
     )
@@ -240,13 +248,6 @@ def test_workers_on_one_study_complete_exactly_n_trials_without_duplicates(stora
     # Workers sample with seeds of their own: no parameters were tried twice.
     keys = [json.dumps(t.params, sort_keys=True) for t in complete]
     assert len(set(keys)) == len(keys)
-
-
-def _created(storage: str, name: str) -> bool:
-    store = open_storage(storage) if "://" in storage or os.path.exists(storage) else None
-    return store is not None and name in [
-        s.study_name for s in optuna.get_all_study_summaries(store)
-    ]
 
 
 # -- a worker killed mid-trial ---------------------------------------------------------------
@@ -276,6 +277,7 @@ def test_a_killed_worker_s_trial_is_failed_retried_and_the_study_completes(
     }
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+    assert _study(storage, name).trials[killed.number].state == TrialState.RUNNING  # mid-trial
 
     if "://" in storage:
         # Pretend the victim ran on another machine: the process-id check cannot see it,
@@ -299,7 +301,11 @@ def test_a_killed_worker_s_trial_is_failed_retried_and_the_study_completes(
     assert retry.state == TrialState.COMPLETE
     assert retry.params == killed.params
     if "://" in storage:  # Optuna's heartbeat callback retried it, recording the lineage
-        stale_cb = optuna.storages.RetryFailedTrialCallback
+        stale_cb = getattr(
+            optuna.storages,
+            "RetryHeartbeatStaleTrialCallback",  # Optuna >= 4.9
+            optuna.storages.RetryFailedTrialCallback,
+        )
         assert stale_cb.retried_trial_number(retry) == killed.number
         assert retry.user_attrs[ATTR + "pid"] == os.getpid()  # not the dead worker's
     else:  # the same-host process-id check did
@@ -313,6 +319,16 @@ def test_a_killed_worker_s_trial_is_failed_retried_and_the_study_completes(
     assert records[retry.number].retry_of == killed.number
     assert records[killed.number].state == "FAIL"
     assert load_result(storage, name).chosen.state == "COMPLETE"
+    # ...and in what `autoclip report` prints for the study.
+    from click.testing import CliRunner
+
+    from autoclip.cli import main
+
+    out = CliRunner().invoke(
+        main, ["report", "--storage", storage, "--study", name, "--out", str(tmp_path / "r")]
+    )
+    assert out.exit_code == 0, out.output
+    assert f"trial {retry.number} retries trial {killed.number}" in out.output
 
 
 # -- an interrupted run resumes --------------------------------------------------------------

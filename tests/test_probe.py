@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-probe_mod = importlib.import_module("autoclip.probe")  # `autoclip.probe` is the function
 from autoclip import NormClip
 from autoclip.errors import ConfigError, TaskError
 from autoclip.probe import GradTrace, probe, probe_task
+
+probe_mod = importlib.import_module("autoclip.probe")  # `autoclip.probe` is the function
 
 
 def _mse(model, batch):
@@ -150,6 +151,17 @@ def test_training_after_probe_is_identical_to_training_without_it(kind, amp):
     _assert_same(opt_b.state_dict(), opt_a.state_dict(), "optimizer")
 
 
+def test_probe_leaves_a_fresh_optimizer_fresh():
+    # Nothing stepped yet: no state, and no trace of a step for an LR scheduler to see.
+    model = _model()
+    opt = _optimizer("adam", model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    attrs = set(vars(opt))
+    probe(model, opt, _mse, _data(), steps=3)
+    assert opt.state_dict()["state"] == {} and set(vars(opt)) == attrs
+    assert sched.last_epoch == 0 and opt.param_groups[0]["lr"] == 1e-2
+
+
 def test_probe_changes_the_model_while_it_runs():
     # Guard for the tests above: the warm-up really trains, so restoring is not vacuous.
     model, opt, _, data = _setup("adam", False)
@@ -226,22 +238,53 @@ def test_a_nonfinite_step_is_recorded_and_skipped():
     assert all(math.isfinite(n) for i, n in enumerate(trace.norms) if i != 3)
 
 
-def _quadratic_blowup(k=3.0):
-    """A model that doubles its gradient norm every unclipped step (lr * curvature = 3)."""
+def _spiky_regression(spike_at=8, factor=1e4):
+    """Linear regression by SGD whose gradient is ``factor`` times too big at one step.
+
+    The loss value is untouched; only its gradient spikes, as an exploding gradient does.
+    Taken unclipped, that one step throws the weights so far that the loss explodes.
+    """
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    calls = []
+
+    def loss_fn(m, batch):
+        calls.append(1)
+        loss = _mse(m, batch)
+        if len(calls) == spike_at + 1:
+            loss = loss + (factor - 1) * (loss - loss.detach())
+        return loss
+
+    def reset():
+        calls.clear()
+
+    return model, opt, loss_fn, reset
+
+
+def test_safety_net_caps_a_spike_and_records_it_at_full_size():
+    model, opt, loss_fn, reset = _spiky_regression()
+    data = _data()
+    unsafe = probe(model, opt, loss_fn, data, steps=30, safety_clip=None)
+    assert unsafe.diverged and "exploded" in unsafe.reason and unsafe.steps_run < 30
+    reset()
+    safe = probe(model, opt, loss_fn, data, steps=30)
+    assert not safe.stopped_early and safe.steps_run == 30
+    assert safe.safety_clipped == tuple(i == 8 for i in range(30))
+    others = [n for i, n in enumerate(safe.norms) if i != 8]
+    assert safe.norms[8] > 1000 * max(others)  # the raw norm, not the capped one
+
+
+def test_a_model_that_blows_up_from_the_first_step_stops_with_its_reason():
+    # Norms that double every step from the start: the running median climbs with them, so
+    # the safety net cannot hold this one; the probe says so instead of measuring a wreck.
     torch.manual_seed(0)
     model = nn.Linear(4, 1, bias=False)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    loss_fn = lambda m, batch: 0.5 * k * m.weight.pow(2).sum()
-    return model, opt, loss_fn
-
-
-def test_safety_net_lets_an_exploding_model_finish():
-    model, opt, loss_fn = _quadratic_blowup()
-    unsafe = probe(model, opt, loss_fn, [None], steps=300, safety_clip=None)
-    assert unsafe.stopped_early and "diverged" in unsafe.reason
-    safe = probe(model, opt, loss_fn, [None], steps=300)
-    assert not safe.stopped_early and safe.steps_run == 300
-    assert any(safe.safety_clipped) and all(math.isfinite(x) for x in safe.norms)
+    trace = probe(model, opt, lambda m, b: 1.5 * m.weight.pow(2).sum(), [None], steps=100)
+    assert trace.stopped_early and trace.diverged
+    assert "exploded" in trace.reason and trace.steps_run < 10
+    assert trace.norms[1] == pytest.approx(2 * trace.norms[0], rel=1e-5)
 
 
 def test_stops_early_when_the_loss_goes_nan():
@@ -264,6 +307,8 @@ def test_an_iterator_of_batches_that_runs_out():
     assert trace.steps_run == 3
     # a list is cycled instead
     assert probe(model, opt, _mse, data[:3], steps=10).steps_run == 10
+    with pytest.raises(TaskError, match="empty"):
+        probe(model, opt, _mse, [], steps=10)
 
 
 def test_attached_clipper_is_suspended_during_the_probe():
@@ -286,9 +331,9 @@ def test_device_path_matches_host_path(monkeypatch):
     device = probe(model, opt, _mse, data, steps=30, sync_every=7)
     assert device.norms == host.norms and device.losses == host.losses
     assert device.layer_norms == host.layer_norms
-    model2, opt2, loss_fn = _quadratic_blowup()
-    safe = probe(model2, opt2, loss_fn, [None], steps=200)
-    assert not safe.stopped_early and any(safe.safety_clipped)
+    model2, opt2, loss_fn, _ = _spiky_regression()
+    safe = probe(model2, opt2, loss_fn, data, steps=30, sync_every=7)
+    assert not safe.stopped_early and safe.safety_clipped == tuple(i == 8 for i in range(30))
 
 
 def test_device_path_stops_at_the_failing_step(monkeypatch):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -108,19 +106,24 @@ def test_zscore_and_quantile_candidates_are_warm_started_from_the_probe():
 
 
 def test_a_warm_up_that_diverged_gets_a_tight_norm_clip():
-    norms = (1.0, 1.2, 0.9, 1.1, 5.0, 40.0, math.inf, math.inf)
+    norms = (1.0, 1.2, 0.9, 1.1, 5.0, 40.0, 300.0, 2e3)
     trace = GradTrace(
         norms=norms,
-        losses=(1.0,) * 8,
+        losses=(1.0, 0.9, 1.1, 1.0, 12.0, 80.0, 400.0, 2e3),
         layer_names=("w",),
         layer_norms=tuple((n,) for n in norms),
         stopped_early=True,
-        reason="10 steps in a row had non-finite gradients (by step 7); the model diverged",
+        diverged=True,
+        reason="the loss exploded to 2000 (> 1000x the first) at step 7; the model diverged",
     )
-    p = propose(trace)
+    st = compute_stats(trace)
+    assert st.diverged and st.blowup_step == 4
+    p = propose(st)
     assert p.recommended.strategy == "norm"
-    assert p.recommended.params["max_norm"] == pytest.approx(np.median(norms[:6]), rel=0.05)
-    assert "diverged" in p.reason
+    # the median of the steps before the loss blew up, not of the blow-up
+    assert p.recommended.params["max_norm"] == pytest.approx(np.median(norms[:4]), rel=0.05)
+    assert "diverged" in p.reason and "blew up" in p.reason
+    assert p.space.norm[1] < 20
 
 
 def test_json_round_trip():

@@ -116,7 +116,9 @@ def test_the_startup_transient_is_cut_off():
 
 def test_a_drifting_level_is_flagged():
     st = compute_stats(make_trace(drift=8.0))
-    assert st.drifting and st.settled_change == pytest.approx(8.0, rel=0.5)
+    assert st.drifting
+    # the fitted level moves as the drift does over the settled part
+    assert st.settled_change == pytest.approx(8.0 ** ((199 - st.settle_step) / 200), rel=0.2)
     assert st.trend == pytest.approx(math.log(8.0) / 200, rel=0.2)
     steady = compute_stats(make_trace(drift=1.3))
     assert not steady.drifting
