@@ -163,7 +163,7 @@ def main(debug: bool) -> None:
 )
 @click.option(
     "--probe-steps",
-    default=50,
+    default=100,
     show_default=True,
     type=click.IntRange(min=2),
     help="Warm-up steps of the probe.",
@@ -239,7 +239,7 @@ def tune(
 @main.command()
 @click.argument("target")
 @click.option(
-    "--steps", default=50, show_default=True, type=click.IntRange(min=2), help="Warm-up steps."
+    "--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Warm-up steps."
 )
 @click.option(
     "--out",

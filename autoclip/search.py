@@ -767,7 +767,7 @@ def tune(
     study_name: str | None = None,
     seed: int | None = 0,
     workers: int = 1,
-    probe_steps: int = 50,
+    probe_steps: int = 100,
     strategies: Sequence[str] | None = None,
     tune_lr: bool = False,
     lr_range: float = 3.0,
