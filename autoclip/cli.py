@@ -110,6 +110,10 @@ def main(debug: bool) -> None:
       autoclip tune digits_mlp          # Optuna search; rerun to resume
     """
     _Ctx.debug = debug
+    import optuna
+
+    # Trial-by-trial INFO lines drown the progress bar and the table; --debug keeps them.
+    optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.WARNING)
 
 
 @main.command()

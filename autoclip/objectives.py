@@ -10,7 +10,8 @@ All three are "lower is better" and comparable across trials of one task:
   count as 1. 0 would be "reached zero loss at once", 1 "never went below the start".
 * :func:`instability` — 1.0 for a diverged run; otherwise the fraction of steps that are loss
   spikes: a loss more than ``SPIKE_FACTOR`` times the median of the previous ``SPIKE_WINDOW``
-  losses.
+  losses *and* above that median by more than ``SPIKE_MIN_JUMP`` of the initial loss (so the
+  ordinary batch-to-batch noise of a nearly converged run, 0.02 then 0.05, is no spike).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
 TAIL_FRACTION = 0.1  # the "end of training" whose median is the final training loss
 SPIKE_WINDOW = 20  # previous losses a spike is measured against
 SPIKE_FACTOR = 2.0  # a spike at least doubles the recent median loss
+SPIKE_MIN_JUMP = 0.05  # ... and adds at least 5% of the initial loss to it
 NAMES = ("final_loss", "speed", "instability")
 
 
@@ -75,13 +77,18 @@ def convergence_speed(log: TrainLog) -> float:
 
 
 def loss_spikes(losses: tuple[float, ...] | list[float]) -> list[int]:
-    """Steps whose loss exceeds ``SPIKE_FACTOR`` x the median of the previous window."""
+    """Steps whose loss exceeds ``SPIKE_FACTOR`` x the median of the previous window and
+    that median plus ``SPIKE_MIN_JUMP`` x the first loss."""
     x = np.asarray(losses, dtype=float)
-    return [
-        t
-        for t in range(SPIKE_WINDOW, len(x))
-        if x[t] > SPIKE_FACTOR * np.median(x[t - SPIKE_WINDOW : t])
-    ]
+    if len(x) <= SPIKE_WINDOW:
+        return []
+    min_jump = SPIKE_MIN_JUMP * abs(x[0]) if np.isfinite(x[0]) else 0.0
+    spikes = []
+    for t in range(SPIKE_WINDOW, len(x)):
+        recent = np.median(x[t - SPIKE_WINDOW : t])
+        if x[t] > SPIKE_FACTOR * recent and x[t] - recent > min_jump:
+            spikes.append(t)
+    return spikes
 
 
 def instability(log: TrainLog) -> float:

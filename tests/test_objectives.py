@@ -54,6 +54,8 @@ def test_instability_counts_spikes_against_the_recent_median():
     assert loss_spikes(spiky) == [50, 80]
     assert instability(log_of(spiky)) == pytest.approx(0.02)
     assert instability(log_of([1.0] * 5, diverged=True)) == 1.0
+    settled = [10.0] + [0.02, 0.05] * 50  # batch noise near convergence: no spikes
+    assert loss_spikes(settled) == []
     early = [1.0] * SPIKE_WINDOW
     early[3] = 9.0  # no full window before it yet: not judged
     assert loss_spikes(early) == []
