@@ -4,8 +4,8 @@ Why it is here: the textbook case for clipping. A deep plain network (no batch o
 trained by SGD with heavy momentum at a learning rate this high either blows up within a
 couple of hundred steps or collapses to chance (a constant prediction); a norm clip caps the
 large early steps and the same learning rate then trains well. It is also where the threshold
-is a cliff rather than a slope: in our runs every max_norm from 0.1 to 5 ends near the same
-held-out loss, while from about 8 up most seeds collapse again (see ``compare.py --sweep``).
+is a cliff rather than a slope: in our runs every max_norm from 0.1 to 3 ends near the same
+held-out loss, while from about 5 up seeds start to collapse again (``compare.py --sweep``).
 
 * Model: ``DEPTH`` linear layers of width ``WIDTH`` with ReLU between them, He (Kaiming)
   normal initialisation, zero biases, no normalisation.

@@ -12,6 +12,7 @@ with real signals; the tests read the outcome back from the storage with Optuna.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -93,12 +94,19 @@ BOTH = pytest.mark.parametrize(
 )
 
 
+@functools.cache
+def _store(storage: str) -> optuna.storages.BaseStorage:
+    """One storage object per URL or path for the tests' own reads, so that polling is quick
+    (a journal is then read incrementally, a database through one connection pool)."""
+    return open_storage(storage)
+
+
 def _study(storage: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(storage))
+    return optuna.load_study(study_name=name, storage=_store(storage))
 
 
 def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+    names = [s.study_name for s in optuna.get_all_study_summaries(_store(storage))]
     return _study(storage, name).get_trials(deepcopy=False) if name in names else []
 
 
@@ -186,7 +194,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def _created(storage: str, name: str) -> bool:
     """Whether the study exists (without creating an empty journal file to find out)."""
-    store = open_storage(storage) if "://" in storage or os.path.exists(storage) else None
+    store = _store(storage) if "://" in storage or os.path.exists(storage) else None
     return store is not None and name in [
         s.study_name for s in optuna.get_all_study_summaries(store)
     ]
