@@ -388,7 +388,10 @@ def studies_run(names, seeds, smoke, out_dir):
         raise click.BadParameter(f"unknown studies {unknown}; choose from {sorted(known)}")
     from autoclip_studies import compare
 
-    compare.run(list(names), seeds=seeds, smoke=smoke, out=Path(out_dir))
+    argv = ["--tasks", *names, "--seeds", str(seeds), "--out", out_dir]
+    code = compare.main(argv + (["--smoke"] if smoke else []))
+    if code:
+        raise click.ClickException(f"the comparison finished with errors (exit code {code})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -164,7 +164,8 @@ def bundled_studies() -> dict[str, str]:
     out = {}
     for info in pkgutil.iter_modules(pkg.__path__):
         mod = importlib.import_module(f"autoclip_studies.{info.name}")
-        if hasattr(mod, "make_task"):
+        # A module that only imports another study's make_task (a benchmark) is not a study.
+        if getattr(getattr(mod, "make_task", None), "__module__", None) == mod.__name__:
             doc = (mod.__doc__ or "").strip().splitlines()
             out[info.name] = doc[0] if doc else ""
     return out

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from autoclip_studies.reference import AutoClipOriginal
 from torch import nn
 
 import autoclip
 from autoclip.clippers import BaseClipper
+from autoclip_studies.reference import AutoClipOriginal
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_clippers.md"
 LAYERS = 20  # 20 Linear layers -> 40 gradient tensors (weight + bias each)

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from autoclip_studies.relu_rnn import make_task
 from torch import nn
 
 import autoclip
 from autoclip.probe import probe
+from autoclip_studies.relu_rnn import make_task
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_probe.md"
 

@@ -24,11 +24,11 @@ learning rate is only usable because of the clip: without it the loss climbs far
 from __future__ import annotations
 
 import torch
-from autoclip_studies._data import UNKNOWN, lm_eval_windows, lm_train_batches, text_splits
 from torch import nn
 from torch.nn import functional as F
 
 from autoclip.task import Task
+from autoclip_studies._data import UNKNOWN, lm_eval_windows, lm_train_batches, text_splits
 
 VOCAB_SIZE = UNKNOWN + 1
 EMBED = 64

@@ -177,9 +177,9 @@ def _autoclip_original(percentile: float):
     history, as every autoclip clipper does, instead of poisoning the history for good.
     """
     import torch
-    from autoclip_studies.reference import AutoClipOriginal
 
     from autoclip.clippers import BaseClipper
+    from autoclip_studies.reference import AutoClipOriginal
 
     class AutoClipPublished(BaseClipper):
         name = "autoclip_original"  # not registered: it exists for this comparison only

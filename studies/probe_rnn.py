@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import sklearn
 import torch
-from autoclip_studies.relu_rnn import make_task
 
 import autoclip
 from autoclip.propose import suggest
 from autoclip.training import train
+from autoclip_studies.relu_rnn import make_task
 
 RESULTS = Path(__file__).resolve().parent / "results" / "probe_rnn.md"
 

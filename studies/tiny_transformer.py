@@ -23,11 +23,11 @@ result is a tie across arms, and a clipper that hurts here is too aggressive.
 from __future__ import annotations
 
 import torch
-from autoclip_studies._data import UNKNOWN, lm_eval_windows, lm_train_batches, text_splits
 from torch import nn
 from torch.nn import functional as F
 
 from autoclip.task import Task
+from autoclip_studies._data import UNKNOWN, lm_eval_windows, lm_train_batches, text_splits
 
 VOCAB_SIZE = UNKNOWN + 1
 D_MODEL = 64

@@ -51,8 +51,9 @@ def test_tune_writes_results_and_a_rerun_resumes(run, tmp_path):
     assert (tmp_path / "autoclip.journal").exists()
     assert (tmp_path / "autoclip-out" / "result.json").exists()
     assert (tmp_path / "autoclip-out" / "report.md").exists()
-    res = run("tune", TARGET, "--trials", "4", "--steps", "10", "--probe-steps", "5", "-q",
-              "--json")
+    res = run(
+        "tune", TARGET, "--trials", "4", "--steps", "10", "--probe-steps", "5", "-q", "--json"
+    )
     again = json.loads(res.output)
     assert len(again["trials"]) == 4
     assert again["trials"][:3] == data["trials"]
@@ -64,11 +65,32 @@ def test_tune_writes_results_and_a_rerun_resumes(run, tmp_path):
 
 
 def test_tune_prints_the_table(run):
-    res = run("tune", TARGET, "--trials", "2", "--steps", "8", "--probe-steps", "4",
-              "--storage", ":memory:", "--quiet")
+    res = run(
+        "tune",
+        TARGET,
+        "--trials",
+        "2",
+        "--steps",
+        "8",
+        "--probe-steps",
+        "4",
+        "--storage",
+        ":memory:",
+        "--quiet",
+    )
     assert res.exit_code == 0
-    res = run("tune", TARGET, "--trials", "2", "--steps", "8", "--probe-steps", "4",
-              "--storage", ":memory:")
+    res = run(
+        "tune",
+        TARGET,
+        "--trials",
+        "2",
+        "--steps",
+        "8",
+        "--probe-steps",
+        "4",
+        "--storage",
+        ":memory:",
+    )
     assert "chosen:" in res.output and "why:" in res.output and "no clipping" in res.output
 
 
@@ -100,8 +122,11 @@ def test_studies_lists_the_bundled_tasks(run):
         (["probe", "tests/_bad_tasks.py:scalar"], 1, "scalar"),
         (["probe", "tests/_bad_tasks.py:frozen"], 1, "no trainable parameters"),
         (["probe", "tests/_bad_tasks.py:empty"], 1, "empty"),
-        (["tune", TARGET, "--storage", "postgresql://u:secret@127.0.0.1:1/db"], 1,
-         "cannot open storage"),
+        (
+            ["tune", TARGET, "--storage", "postgresql://u:secret@127.0.0.1:1/db"],
+            1,
+            "cannot open storage",
+        ),
         (["report", "--storage", "missing.journal"], 2, "no storage file"),
         (["studies", "run", "nope"], 2, "unknown studies"),
     ],

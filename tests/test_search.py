@@ -167,8 +167,11 @@ def test_pareto_front_and_choice_rules():
     def rec(n, v):
         return TrialRecord(number=n, state="COMPLETE", config=None, values=v)
 
-    a, b, c, d = rec(0, (1.0, 0.9, 0.0)), rec(1, (2.0, 0.1, 0.0)), rec(2, (1.4, 0.4, 0.0)), rec(
-        3, (2.0, 0.95, 0.1)
+    a, b, c, d = (
+        rec(0, (1.0, 0.9, 0.0)),
+        rec(1, (2.0, 0.1, 0.0)),
+        rec(2, (1.4, 0.4, 0.0)),
+        rec(3, (2.0, 0.95, 0.1)),
     )
     front = pareto_front([a, b, c, d])
     assert front == [a, b, c]
