@@ -1,6 +1,6 @@
 """autoclip: measure gradients, propose clipping thresholds, tune them with Optuna."""
 
-from autoclip import functional
+from autoclip import functional, objectives, report
 from autoclip.clippers import (
     AGC,
     BaseClipper,
@@ -23,6 +23,7 @@ from autoclip.errors import (
 )
 from autoclip.probe import GradTrace, probe, probe_task
 from autoclip.propose import Candidate, Proposal, SearchSpace, propose, suggest
+from autoclip.search import TrialRecord, TuneResult, load_result, suggest_clipper, tune
 from autoclip.stats import GradStats, compute_stats
 from autoclip.task import Task, load_task
 from autoclip.training import TrainLog, train
@@ -48,17 +49,24 @@ __all__ = [
     "Task",
     "TaskError",
     "TrainLog",
+    "TrialRecord",
+    "TuneResult",
     "ValueClip",
     "ZScoreClip",
     "compute_stats",
     "create_clipper",
     "functional",
     "list_clippers",
+    "load_result",
     "load_task",
+    "objectives",
     "probe",
     "probe_task",
     "propose",
     "register_clipper",
+    "report",
     "suggest",
+    "suggest_clipper",
     "train",
+    "tune",
 ]

@@ -282,6 +282,8 @@ def probe(target, steps, out_dir, as_json, quiet):
     if as_json:
         click.echo(proposal.to_json())
     else:
+        if proposal.stats is not None:
+            click.echo(proposal.stats.summary() + "\n")
         click.echo(proposal.summary())
         _emit("wrote " + ", ".join(str(f) for f in files), quiet)
 
