@@ -8,6 +8,7 @@ usage errors (bad options, a TARGET that cannot be loaded), 1 for failures while
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -183,7 +184,9 @@ def main(debug: bool) -> None:
     help="Where result.json, report.md and plots go; env AUTOCLIP_OUT.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no table.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bar; print only the chosen config as JSON."
+)
 @_run
 def tune(
     target,
@@ -235,9 +238,11 @@ def tune(
     files = report.write_tune_report(result, Path(out_dir)).values()
     if as_json:
         click.echo(result.to_json())
+    elif quiet:  # one line for scripts: the chosen configuration
+        click.echo(json.dumps(result.best_config))
     else:
-        _emit(report.format_tune(result), quiet)
-        _emit("wrote " + ", ".join(str(f) for f in files), quiet)
+        click.echo(report.format_tune(result))
+        click.echo("wrote " + ", ".join(str(f) for f in files))
 
 
 @main.command()

@@ -517,10 +517,12 @@ def _objective(
     trial.set_user_attr(ATTR + "config", clipper.config)
 
     def report(step: int, loss: float) -> None:
-        trial.set_user_attr(ATTR + "steps_run", step + 1)
+        # Only single mode reports: a storage write per sync point would serialise workers
+        # on the storage's lock. A pruned trial records how far it got, for the accounting.
         if settings.mode == "single" and math.isfinite(loss):
             trial.report(loss, step)
             if trial.should_prune():
+                trial.set_user_attr(ATTR + "steps_run", step + 1)
                 raise optuna.TrialPruned(f"pruned at step {step} (loss {loss:.4g})")
 
     log = train(task, clipper, steps=settings.steps, lr_scale=lr_scale, callback=report)

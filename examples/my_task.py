@@ -1,7 +1,7 @@
 """A user's own task file, for the command line and for a search from Python.
 
     autoclip probe examples/my_task.py:make_task
-    autoclip tune examples/my_task.py:make_task --trials 8 --storage :memory:
+    autoclip tune examples/my_task.py:make_task --trials 6 --storage :memory:
     python examples/my_task.py          # the same search from Python, in memory
 
 ``make_task`` returns an ``autoclip.Task``: how to build the model and its optimizer from
@@ -17,7 +17,7 @@ import autoclip
 
 
 class SumGRU(nn.Module):
-    def __init__(self, hidden: int = 32):
+    def __init__(self, hidden: int = 16):
         super().__init__()
         self.rnn = nn.GRU(1, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 1)
@@ -27,7 +27,7 @@ class SumGRU(nn.Module):
         return self.head(out[:, -1])
 
 
-def _batches(seed: int, n: int, length: int = 30, size: int = 32):
+def _batches(seed: int, n: int, length: int = 20, size: int = 32):
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n):
@@ -51,15 +51,15 @@ def make_task(seed: int = 0) -> autoclip.Task:
         model_fn=SumGRU,
         optimizer_fn=lambda params: torch.optim.SGD(params, lr=0.5, momentum=0.9),
         loss_fn=_mse,
-        batches=_batches(seed, 40),
+        batches=_batches(seed, 20),
         eval_fn=eval_fn,
         seed=seed,
-        steps=200,
+        steps=100,
         name="sum_gru",
         description="GRU summing a noisy sequence, SGD at a high learning rate",
     )
 
 
 if __name__ == "__main__":
-    result = autoclip.tune(make_task(), n_trials=8)
+    result = autoclip.tune(make_task(), n_trials=6)
     print(autoclip.report.format_tune(result))
