@@ -389,9 +389,12 @@ def _make_sampler(mode: str, seed: int | None, n_startup: int, worker: int):
     # Each worker gets its own seed, or two workers would propose the same points.
     s = None if seed is None else seed + worker
     kw: dict[str, Any] = {"seed": s, "n_startup_trials": n_startup}
-    if mode == "single":
+    if mode == "single" and not _HAS_SET_CONSTRAINT:  # optuna < 5: the old hook
         kw["constraints_func"] = _constraints
     return optuna.samplers.TPESampler(**kw)
+
+
+_HAS_SET_CONSTRAINT = hasattr(optuna.Trial, "set_constraint")
 
 
 def _constraints(trial: FrozenTrial) -> Sequence[float]:
@@ -529,7 +532,11 @@ def _objective(
     obj = evaluate(log)
     _record_log(trial, log, obj.as_tuple())
     if settings.mode == "single":
-        trial.set_user_attr(ATTR + "constraint", [obj.instability - settings.max_instability])
+        excess = obj.instability - settings.max_instability
+        if _HAS_SET_CONSTRAINT:
+            trial.set_constraint("instability", excess)
+        else:
+            trial.set_user_attr(ATTR + "constraint", [excess])
         return obj.final_loss
     return obj.as_tuple()
 
