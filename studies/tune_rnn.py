@@ -58,6 +58,7 @@ def evaluate(config: dict | None, seeds: list[int], warm=None) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3, help="evaluation seeds 0..N-1")
+    p.add_argument("--short", type=int, default=SHORT, help="trials train 1/SHORT of the budget")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. The search, within a quarter of the grid's steps.
     probe_steps = 100
-    short = full // SHORT
+    short = full // args.short
     n_trials = (grid_steps // 4 - probe_steps) // short
     result = autoclip.tune(
         tune_task, n_trials=n_trials, steps=short, probe_steps=probe_steps, baselines=False
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# tune() against a 12-point threshold grid on the exploding ReLU RNN",
         "",
-        f"- command: `python studies/tune_rnn.py --seeds {args.seeds}`",
+        f"- command: `python studies/tune_rnn.py --seeds {args.seeds} --short {args.short}"
+        + ("" if args.out == RESULTS else f" --out {args.out}")
+        + "`",
         f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; "
         f"{(time.time() - started) / 60:.1f} min",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
