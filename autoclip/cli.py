@@ -93,6 +93,18 @@ def _load(target: str):
         raise click.BadParameter(str(exc), param_hint="TARGET") from None
 
 
+def _out_option(help: str):
+    return click.option(
+        "--out",
+        "out_dir",
+        envvar="AUTOCLIP_OUT",
+        default=DEFAULT_OUT,
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help=help,
+    )
+
+
 def _emit(text: str, quiet: bool) -> None:
     if not quiet:
         click.echo(text)
@@ -174,15 +186,7 @@ def main(debug: bool) -> None:
     help="Warm-up steps of the probe.",
 )
 @click.option("--tune-lr", is_flag=True, help="Also search a learning-rate multiplier.")
-@click.option(
-    "--out",
-    "out_dir",
-    envvar="AUTOCLIP_OUT",
-    default=DEFAULT_OUT,
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Where result.json, report.md and plots go; env AUTOCLIP_OUT.",
-)
+@_out_option("Where result.json, report.md and plots go; env AUTOCLIP_OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar; print only the chosen config as JSON."
@@ -250,15 +254,7 @@ def tune(
 @click.option(
     "--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Warm-up steps."
 )
-@click.option(
-    "--out",
-    "out_dir",
-    envvar="AUTOCLIP_OUT",
-    default=DEFAULT_OUT,
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Where proposal.json and plots go; env AUTOCLIP_OUT.",
-)
+@_out_option("Where proposal.json and plots go; env AUTOCLIP_OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the proposal as JSON only.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_run
@@ -313,15 +309,7 @@ def probe(target, steps, out_dir, as_json, quiet):
     metavar="F,S,I",
     help="Weights for choosing from the Pareto front [default: its knee].",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    envvar="AUTOCLIP_OUT",
-    default=DEFAULT_OUT,
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Where plots go.",
-)
+@_out_option("Where result.json, report.md and plots go; env AUTOCLIP_OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 @_run
 def report_cmd(storage, study_name, weights, out_dir, as_json):

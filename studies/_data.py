@@ -71,3 +71,12 @@ def lm_eval_windows(ids: Tensor, *, seq_len: int, n_windows: int) -> tuple[Tenso
     starts = torch.linspace(0, len(ids) - seq_len - 1, n_windows).long()
     window = ids[starts[:, None] + torch.arange(seq_len + 1)]  # [N, T+1]
     return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+
+def lm_loss(model, batch):
+    """Next-character cross-entropy of a ``[B, T]`` batch: logits ``[B, T, V]`` vs ``[B, T]``."""
+    from torch.nn import functional as F
+
+    x, y = batch  # [B, T], [B, T]
+    logits = model(x)  # [B, T, V]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))

@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from autoclip.task import Task
-from autoclip_studies._data import UNKNOWN, lm_eval_windows, lm_train_batches, text_splits
+from autoclip_studies._data import (
+    UNKNOWN,
+    lm_eval_windows,
+    lm_loss,
+    lm_train_batches,
+    text_splits,
+)
 
 VOCAB_SIZE = UNKNOWN + 1
 EMBED = 64
@@ -57,12 +62,6 @@ class CharLSTM(nn.Module):
         return self.decoder(out)  # [B, T, V]
 
 
-def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    x, y = batch  # [B, T], [B, T]
-    logits = model(x)
-    return F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), y.reshape(-1))
-
-
 def make_task(seed: int = 0) -> Task:
     """The char-LSTM task; ``seed`` fixes the initial weights and the training windows."""
     train_ids, held_ids = text_splits()
@@ -72,12 +71,12 @@ def make_task(seed: int = 0) -> Task:
     held_out = lm_eval_windows(held_ids, seq_len=EVAL_LEN, n_windows=EVAL_WINDOWS)
 
     def eval_fn(model: nn.Module) -> float:
-        return _loss(model, held_out).item()
+        return lm_loss(model, held_out).item()
 
     return Task(
         model_fn=CharLSTM,
         optimizer_fn=lambda params: torch.optim.SGD(params, lr=LR),
-        loss_fn=_loss,
+        loss_fn=lm_loss,
         batches=batches,
         eval_fn=eval_fn,
         seed=seed,
