@@ -429,6 +429,14 @@ def _counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.number not in excluded]
 
 
+def _lineage(parent: dict[int, int | None], number: int) -> tuple[int, int]:
+    """(the first trial of ``number``'s retry chain, how many retries lead to ``number``)."""
+    depth = 0
+    while parent.get(number) is not None:
+        number, depth = parent[number], depth + 1
+    return number, depth
+
+
 def _rank(trials: Sequence[FrozenTrial], number: int) -> int:
     """How many counted trials come before trial ``number`` in the budget.
 
@@ -437,18 +445,11 @@ def _rank(trials: Sequence[FrozenTrial], number: int) -> int:
     retry created after still-waiting candidates would be cut off as surplus).
     """
     parent = {t.number: _retry_of(t) for t in trials}
-
-    def slot(n: int) -> tuple[int, int]:
-        depth = 0
-        while parent.get(n) is not None:
-            n, depth = parent[n], depth + 1
-        return n, depth
-
-    excluded, mine = _excluded(trials), slot(number)
+    excluded, mine = _excluded(trials), _lineage(parent, number)
     return sum(
         1
         for t in trials
-        if t.number != number and t.number not in excluded and slot(t.number) < mine
+        if t.number != number and t.number not in excluded and _lineage(parent, t.number) < mine
     )
 
 
@@ -490,9 +491,7 @@ def _fail_dead(study: optuna.Study) -> None:
             ok = storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         except Exception:  # another process got there first
             ok = False
-        retries, n = 0, t.number  # how often this trial's parameters were retried already
-        while (n := parent.get(n)) is not None:
-            retries += 1
+        _, retries = _lineage(parent, t.number)  # how often these parameters were retried
         if ok is not False and retries < MAX_RETRY:  # the heartbeat path's limit, too
             study.enqueue_trial(t.params, user_attrs={ATTR + "retry_of": t.number})
 
