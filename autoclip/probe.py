@@ -48,14 +48,15 @@ import bisect
 import copy
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from autoclip import serialize
 from autoclip.errors import ConfigError, TaskError
 
 __all__ = ["GradTrace", "probe", "probe_task"]
@@ -81,51 +82,6 @@ _FORCE_DEVICE_PATH = False
 AGC_EPS = 1e-3
 # ``1e-6``, as torch.nn.utils.clip_grad_norm_ adds to the norm before dividing.
 _NORM_EPS = 1e-6
-
-
-# ---------------------------------------------------------------------------------------------
-# JSON helpers shared by the probe, stats and proposal dataclasses
-# ---------------------------------------------------------------------------------------------
-_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def _encode(value: Any) -> Any:
-    """Lists for tuples and non-finite floats as ``"NaN"``/``"Infinity"``: strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode_floats(value: Any) -> Any:
-    """Inverse of :func:`_encode` for a numeric field: lists become tuples."""
-    if isinstance(value, str) and value in _SPECIAL:
-        return _SPECIAL[value]
-    if isinstance(value, list | tuple):
-        return tuple(_decode_floats(v) for v in value)
-    return value
-
-
-def _tuples(value: Any) -> Any:
-    """Lists (JSON arrays) back to tuples, recursively, leaving strings alone."""
-    if isinstance(value, list | tuple):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
-def _from_plain(cls: type, d: dict[str, Any], text_fields: Sequence[str] = ()) -> dict[str, Any]:
-    """Field values for ``cls(**...)`` from a plain or JSON dict; unknown keys are an error."""
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ConfigError(
-            f"{cls.__name__}.from_dict got unknown fields {sorted(unknown)}; "
-            f"it accepts {sorted(names)}"
-        )
-    return {k: (_tuples(v) if k in text_fields else _decode_floats(v)) for k, v in d.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,31 +169,20 @@ class GradTrace:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python (lists, floats that may be NaN/inf)."""
-        d = asdict(self)
-        return {k: _encode_lists(v) for k, v in d.items()}
+        return serialize.to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GradTrace:
         """Inverse of :meth:`to_dict` (also accepts the strict-JSON form of :meth:`to_json`)."""
-        return cls(**_from_plain(cls, d, cls._TEXT_FIELDS))
+        return serialize.from_plain(cls, d)
 
     def to_json(self, **kw: Any) -> str:
-        """Strict JSON (non-finite floats as ``"NaN"``, ``"Infinity"``)."""
-        import json
-
-        return json.dumps(_encode(self.to_dict()), allow_nan=False, **kw)
+        """Strict JSON in autoclip's one encoding (see :mod:`autoclip.serialize`)."""
+        return serialize.dumps(self, **kw)
 
     @classmethod
     def from_json(cls, text: str) -> GradTrace:
-        import json
-
-        return cls.from_dict(json.loads(text))
-
-
-def _encode_lists(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_encode_lists(v) for v in value]
-    return value
+        return serialize.loads(text, cls)
 
 
 # ---------------------------------------------------------------------------------------------

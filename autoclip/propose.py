@@ -51,7 +51,6 @@ taken by a model still under control.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -61,9 +60,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoclip import serialize
 from autoclip.clippers import BaseClipper, create_clipper, list_clippers
 from autoclip.errors import ConfigError
-from autoclip.probe import GradTrace, _decode_floats, _encode, _tuples, probe
+from autoclip.probe import GradTrace, probe
 from autoclip.stats import GradStats, compute_stats
 
 __all__ = ["Candidate", "Proposal", "SearchSpace", "propose", "suggest"]
@@ -174,41 +174,18 @@ class Proposal:
 
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "recommended": asdict(self.recommended),
-            "reason": self.reason,
-            "candidates": [asdict(c) for c in self.candidates],
-            "space": self.space.as_dict(),
-            "warm_norms": list(self.warm_norms),
-            "stats": None if self.stats is None else self.stats.to_dict(),
-        }
+        return serialize.to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Proposal:
-        unknown = set(d) - {"recommended", "reason", "candidates", "space", "warm_norms", "stats"}
-        if unknown:
-            raise ConfigError(f"Proposal.from_dict got unknown fields {sorted(unknown)}")
-        space = dict(d["space"])
-        return cls(
-            recommended=_candidate(d["recommended"]),
-            reason=d["reason"],
-            candidates=tuple(_candidate(c) for c in d["candidates"]),
-            space=SearchSpace(
-                **{
-                    k: _tuples(v) if k == "strategies" else _decode_floats(v)
-                    for k, v in space.items()
-                }
-            ),
-            warm_norms=_decode_floats(d.get("warm_norms", ())),
-            stats=None if d.get("stats") is None else GradStats.from_dict(d["stats"]),
-        )
+        return serialize.from_plain(cls, d)
 
     def to_json(self, **kw: Any) -> str:
-        return json.dumps(_encode(self.to_dict()), allow_nan=False, **kw)
+        return serialize.dumps(self, **kw)
 
     @classmethod
     def from_json(cls, text: str) -> Proposal:
-        return cls.from_dict(json.loads(text))
+        return serialize.loads(text, cls)
 
     # -- report ---------------------------------------------------------------------------------
     def summary(self) -> str:
@@ -236,10 +213,6 @@ class Proposal:
 
     def __str__(self) -> str:
         return self.summary()
-
-
-def _candidate(d: dict[str, Any]) -> Candidate:
-    return Candidate(strategy=d["strategy"], params=dict(d["params"]), reason=d["reason"])
 
 
 def _fmt(v: Any) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
-import json
 import math
 import multiprocessing
 import os
@@ -46,6 +45,7 @@ import optuna
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from autoclip import serialize
 from autoclip.clippers import BaseClipper, create_clipper
 from autoclip.errors import ConfigError, StorageError
 from autoclip.objectives import NAMES, evaluate
@@ -296,10 +296,7 @@ class TrialRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
-        d = dict(d)
-        if d.get("values") is not None:
-            d["values"] = tuple(d["values"])
-        return cls(**d)
+        return serialize.from_plain(cls, d)
 
 
 def describe_config(config: dict[str, Any] | None) -> str:
@@ -345,23 +342,15 @@ class TuneResult:
         return create_clipper(**self.best_config).warm_start(self.proposal.warm_norms)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["proposal"] = self.proposal.to_dict()
-        return d
+        return serialize.to_plain(self)
 
     def to_json(self, **kw: Any) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        """Strict JSON in autoclip's one encoding (see :mod:`autoclip.serialize`)."""
+        return serialize.dumps(self, **kw)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TuneResult:
-        d = dict(d)
-        d["chosen"] = TrialRecord.from_dict(d["chosen"])
-        d["pareto"] = tuple(TrialRecord.from_dict(t) for t in d["pareto"])
-        d["trials"] = tuple(TrialRecord.from_dict(t) for t in d["trials"])
-        d["baselines"] = {k: TrialRecord.from_dict(v) for k, v in d["baselines"].items()}
-        d["proposal"] = Proposal.from_dict(d["proposal"])
-        d["objective_names"] = tuple(d.get("objective_names", NAMES))
-        return cls(**d)
+        return serialize.from_plain(cls, d)
 
 
 # -- settings stored in the study ------------------------------------------------------------
@@ -541,7 +530,7 @@ def _objective(
 
 
 def _record_log(trial: optuna.Trial, log: TrainLog, values: tuple[float, ...]) -> None:
-    trial.set_user_attr(ATTR + "objectives", list(values))
+    trial.set_user_attr(ATTR + "objectives", serialize.encode(list(values)))
     trial.set_user_attr(ATTR + "steps_run", log.steps_run)
     trial.set_user_attr(ATTR + "diverged", log.diverged)
     trial.set_user_attr(ATTR + "reason", log.reason)
@@ -559,7 +548,7 @@ def _record(t: FrozenTrial) -> TrialRecord:
         state=t.state.name,
         config=ua.get(ATTR + "config"),
         lr_scale=float(t.params.get("lr_scale", 1.0)),
-        values=None if values is None else tuple(values),
+        values=None if values is None else tuple(map(serialize.decode_float, values)),
         diverged=bool(ua.get(ATTR + "diverged", False)),
         reason=reason,
         clipped_fraction=ua.get(ATTR + "clipped_fraction"),
@@ -872,7 +861,7 @@ def tune(
     attrs = study.user_attrs
     base = attrs.get(ATTR + "baselines", {})
     if baselines and len(base) < 2:
-        base = {k: asdict(v) for k, v in _baselines(task, steps, base).items()}
+        base = {k: serialize.encode(v) for k, v in _baselines(task, steps, base).items()}
         study.set_user_attr(ATTR + "baselines", base)
     return _result(study, storage, n_trials, weights, proposal, settings, base)
 

@@ -34,16 +34,16 @@ What is measured, and how (all on the finite steps; non-finite ones are counted 
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from autoclip import serialize
 from autoclip.errors import ConfigError
-from autoclip.probe import GradTrace, _decode_floats, _encode, _from_plain
+from autoclip.probe import GradTrace
 
 __all__ = ["GradStats", "Percentiles", "compute_stats"]
 
@@ -177,22 +177,18 @@ class GradStats:
     # -- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain python: lists and dicts (floats may be NaN/inf; :meth:`to_json` encodes them)."""
-        return _plain(asdict(self))
+        return serialize.to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GradStats:
-        values = _from_plain(cls, d, cls._TEXT_FIELDS)
-        for k in cls._NESTED:
-            if k in values and not isinstance(values[k], Percentiles):
-                values[k] = Percentiles(**{n: _decode_floats(v) for n, v in d[k].items()})
-        return cls(**values)
+        return serialize.from_plain(cls, d)
 
     def to_json(self, **kw: Any) -> str:
-        return json.dumps(_encode(self.to_dict()), allow_nan=False, **kw)
+        return serialize.dumps(self, **kw)
 
     @classmethod
     def from_json(cls, text: str) -> GradStats:
-        return cls.from_dict(json.loads(text))
+        return serialize.loads(text, cls)
 
     # -- report ---------------------------------------------------------------------------------
     def summary(self) -> str:
@@ -248,14 +244,6 @@ class GradStats:
 
     def __str__(self) -> str:
         return self.summary()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _ranked(names: tuple[str, ...], shares: tuple[float, ...]) -> tuple[tuple[str, float], ...]:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from autoclip import functional as F
+from autoclip import serialize
 from autoclip.clippers import BaseClipper, create_clipper
 from autoclip.task import Task
 
@@ -65,17 +66,11 @@ class TrainLog:
         return sum(self.clipped) / len(self.clipped) if self.clipped else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("losses", "norms", "thresholds", "clipped"):
-            d[k] = list(d[k])
-        return d
+        return serialize.to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainLog:
-        d = dict(d)
-        for k in ("losses", "norms", "thresholds", "clipped"):
-            d[k] = tuple(d[k])
-        return cls(**d)
+        return serialize.from_plain(cls, d)
 
 
 def _as_clipper(clipper: BaseClipper | dict[str, Any] | None) -> BaseClipper | None:
