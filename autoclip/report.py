@@ -171,11 +171,7 @@ def _norm_thresholds(proposal: Proposal | None, stats: GradStats) -> list[tuple[
                 )
             elif c.strategy == "zscore":
                 # where the warm-started z-score clipper starts: EMA mean + z * EMA std
-                try:
-                    ema = proposal.clipper(c).state_dict()["state"]
-                    bound = float(ema["mean"]) + c.params["z_thresh"] * math.sqrt(float(ema["var"]))
-                except (KeyError, TypeError, ValueError):
-                    continue
+                bound = proposal.clipper(c).spike_bound
                 if math.isfinite(bound) and bound > 0:
                     lines.append((f"zscore bound after warm start={_num(bound)}", bound, "--"))
     if math.isfinite(stats.mean) and stats.mean > 0:

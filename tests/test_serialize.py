@@ -96,9 +96,7 @@ def test_probe_json_is_strict_and_encodes_non_finite_values(run, tmp_path):
 
 
 def test_tune_json_and_result_json_are_strict(run, tmp_path):
-    res = run(
-        "tune", TARGET, "--trials", "2", "--steps", "6", "--probe-steps", "5", "--json", "-q"
-    )
+    res = run("tune", TARGET, "--trials", "2", "--steps", "6", "--probe-steps", "5", "--json", "-q")
     assert res.exit_code == 0, res.output
     data = strict_loads(res.output)
     assert data["proposal"]["stats"]["spike_factor"] == "NaN"

@@ -88,6 +88,15 @@ class ZScoreClip(NormBasedClipper):
             self._table = table
         return table
 
+    @property
+    def spike_bound(self) -> float:
+        """The norm above which the next step counts as a spike: ``mu + z_thresh * sigma`` of
+        the EMA (``inf`` while still in warm-up). Reads the state on the host (a sync)."""
+        st = self._state
+        if int(st["count"]) < self.warmup_steps:
+            return math.inf
+        return float(st["mean"]) + self.z_thresh * math.sqrt(float(st["var"]))
+
     def _observe(self, total, finite):
         st = self._state
         x = total.to(torch.float64)
