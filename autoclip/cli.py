@@ -381,10 +381,16 @@ def studies_run(names, seeds, smoke, out_dir):
     unknown = [n for n in names if n not in known]
     if unknown:
         raise click.BadParameter(f"unknown studies {unknown}; choose from {sorted(known)}")
-    from autoclip_studies import compare
+    from importlib.metadata import entry_points
 
+    runners = {ep.name: ep for ep in entry_points(group="autoclip.study_runners")}
+    if "compare" not in runners:
+        raise click.ClickException(
+            "the study runner is not installed; install autoclip-tuner from its repository "
+            "(pip install -e .) to run the studies"
+        )
     argv = ["--tasks", *names, "--seeds", str(seeds), "--out", out_dir]
-    code = compare.main(argv + (["--smoke"] if smoke else []))
+    code = runners["compare"].load()(argv + (["--smoke"] if smoke else []))
     if code:
         raise click.ClickException(f"the comparison finished with errors (exit code {code})")
 

@@ -5,6 +5,15 @@ project lives on. Nothing here calls ``.item()`` or branches on a tensor's value
 synchronises an accelerator with the host (the one exception, documented on
 :func:`zero_nonfinite_`, only branches when the gradients live in host memory, where a
 "sync" costs nothing).
+
+>>> import torch
+>>> from autoclip import functional as F
+>>> p = torch.nn.Parameter(torch.zeros(2))
+>>> p.grad = torch.tensor([3.0, 4.0])
+>>> float(F.clip_grad_norm_([p], max_norm=1.0))  # the pre-clip norm
+5.0
+>>> [round(v, 4) for v in p.grad.tolist()]
+[0.6, 0.8]
 """
 
 from __future__ import annotations

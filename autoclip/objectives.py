@@ -12,6 +12,14 @@ All three are "lower is better" and comparable across trials of one task:
   spikes: a loss more than ``SPIKE_FACTOR`` times the median of the previous ``SPIKE_WINDOW``
   losses *and* above that median by more than ``SPIKE_MIN_JUMP`` of the initial loss (so the
   ordinary batch-to-batch noise of a nearly converged run, 0.02 then 0.05, is no spike).
+
+>>> from autoclip import TrainLog, objectives
+>>> log = TrainLog(losses=(1.0, 0.5, 0.25, 0.25), norms=(1.0,) * 4, thresholds=(1.0,) * 4,
+...                clipped=(False,) * 4, planned_steps=4)
+>>> objectives.convergence_speed(log)  # mean of 1, 0.5, 0.25, 0.25
+0.5
+>>> objectives.evaluate(log).instability
+0.0
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ Figures are built with ``matplotlib.figure.Figure`` directly, never through ``py
 plotting changes no global state and works without a display.
 
 Sections: shared helpers; probe statistics and proposals; search results.
+
+>>> from autoclip import report
+>>> print(report.markdown_table(["clipper", "why"], [["value(clip_value=0.1)", "|g| p99"]]))
+| clipper | why |
+|---|---|
+| value(clip_value=0.1) | \\|g\\| p99 |
 """
 
 from __future__ import annotations
@@ -63,10 +69,20 @@ def _num(x: Any) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; floats to three significant digits."""
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    """A GitHub-flavoured Markdown table; floats to three significant digits.
+
+    A ``|`` inside a cell (``|g|``) is escaped, or it would split the cell in two.
+    """
+
+    def cell(v: Any) -> str:
+        return _num(v).replace("|", "\\|")
+
+    out = [
+        "| " + " | ".join(map(cell, headers)) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
     for row in rows:
-        out.append("| " + " | ".join(_num(v) for v in row) + " |")
+        out.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(out)
 
 

@@ -1,8 +1,14 @@
 """Task: everything a trial needs to train a model from scratch, reproducibly.
 
 A Task is the unit autoclip tunes. ``load_task`` turns a command-line TARGET into one:
-``path/to/file.py:name``, ``package.module:name``, or the name of a bundled study
-(``autoclip_studies.<name>.make_task``). ``name`` may be a Task or a function returning one.
+``path/to/file.py:name``, ``package.module:name``, or the name of a bundled study. ``name``
+may be a Task or a function returning one. A file target can import the modules beside it
+(its folder is on ``sys.path`` while it loads). Bundled studies are found through the
+``autoclip.studies`` entry-point group, so the library never imports the studies itself and
+any installed package can add its own::
+
+    [project.entry-points."autoclip.studies"]
+    my_model = "my_package.tasks:make_task"
 """
 
 from __future__ import annotations
@@ -153,21 +159,23 @@ def _resolve(obj: Any, target: str) -> Task:
     return obj
 
 
-def bundled_studies() -> dict[str, str]:
-    """Names of the bundled study tasks and their one-line descriptions."""
-    import pkgutil
+STUDY_GROUP = "autoclip.studies"
 
-    try:
-        pkg = importlib.import_module("autoclip_studies")
-    except ImportError:
-        return {}
+
+def _study_entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=STUDY_GROUP)}
+
+
+def bundled_studies() -> dict[str, str]:
+    """Names of the installed study tasks (entry points ``autoclip.studies``) and their
+    one-line descriptions (the first line of the defining module's docstring)."""
     out = {}
-    for info in pkgutil.iter_modules(pkg.__path__):
-        mod = importlib.import_module(f"autoclip_studies.{info.name}")
-        # A module that only imports another study's make_task (a benchmark) is not a study.
-        if getattr(getattr(mod, "make_task", None), "__module__", None) == mod.__name__:
-            doc = (mod.__doc__ or "").strip().splitlines()
-            out[info.name] = doc[0] if doc else ""
+    for name, ep in sorted(_study_entry_points().items()):
+        module = sys.modules.get(ep.module) or importlib.import_module(ep.module)
+        doc = (module.__doc__ or "").strip().splitlines()
+        out[name] = doc[0] if doc else ""
     return out
 
 
@@ -178,14 +186,13 @@ def load_task(target: str | Task) -> Task:
     if not isinstance(target, str) or not target.strip():
         raise TaskError(f"a task target must be a non-empty string, but got {target!r}")
     if ":" not in target:
-        studies = bundled_studies()
+        studies = _study_entry_points()
         if target not in studies:
             raise TaskError(
                 f"no bundled study named {target!r}; use one of {sorted(studies)} or give "
                 "path/to/file.py:name or package.module:name"
             )
-        module = importlib.import_module(f"autoclip_studies.{target}")
-        return _resolve(module.make_task, target)
+        return _resolve(studies[target].load(), target)
     where, _, attr = target.rpartition(":")
     if not attr.isidentifier():
         raise TaskError(f"{target!r}: {attr!r} after the colon is not a Python name")
@@ -197,15 +204,33 @@ def load_task(target: str | Task) -> Task:
         spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
+        # the file's own folder, so that it can import the modules beside it
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
         try:
             spec.loader.exec_module(module)
+            return _resolve(_attr(module, where, attr, target), target)
+        except ImportError as exc:
+            raise TaskError(
+                f"importing {str(path)!r} failed: {type(exc).__name__}: {exc} (its folder "
+                f"{folder} was on sys.path; install a module from elsewhere or add its folder "
+                "to PYTHONPATH)"
+            ) from exc
+        except TaskError:
+            raise
         except Exception as exc:
             raise TaskError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(folder)
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
             raise TaskError(f"{target!r}: cannot import module {where!r} ({exc})") from exc
+    return _resolve(_attr(module, where, attr, target), target)
+
+
+def _attr(module: Any, where: str, attr: str, target: str) -> Any:
     if not hasattr(module, attr):
         raise TaskError(f"{target!r}: module {where!r} has no attribute {attr!r}")
-    return _resolve(getattr(module, attr), target)
+    return getattr(module, attr)

@@ -21,6 +21,26 @@ from autoclip.clippers._registry import register_clipper
 
 @register_clipper("agc", "clip each unit's gradient to a fraction of its weight norm (NFNets)")
 class AGC(BaseClipper):
+    """Unit-wise adaptive gradient clipping (AGC), as in NFNets.
+
+    Brock, De, Smith, Simonyan 2021, "High-Performance Large-Scale Image Recognition Without
+    Normalization" (arXiv:2102.06171), section 4.1: for each unit ``i`` (a row of a weight
+    matrix, the output channel of a convolution)::
+
+        G_i <- G_i * min(1, clipping * max(||W_i||, eps) / ||G_i||)
+
+    ``clipping`` is a ratio, not a norm (0.01 is the paper's value for large batches);
+    ``eps`` (1e-3) keeps zero-initialised units trainable. The paper leaves the final linear
+    layer unclipped: pass the other parameters (``AGC(...)(body_params)``) to follow it.
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # one unit, ||W|| = 5
+    >>> w.grad = torch.tensor([[0.3, 0.4]])                 # ||G|| = 0.5 > 0.01 * 5
+    >>> res = AGC(clipping=0.01)([w])
+    >>> [round(v, 4) for v in w.grad.flatten().tolist()]    # scaled to ||G|| = 0.05
+    [0.03, 0.04]
+    """
+
     def __init__(self, clipping: float = 0.01, eps: float = 1e-3, nonfinite: str = "skip") -> None:
         # 0.01: the paper's value for large batches; smaller batches tolerate larger ratios.
         check_positive("clipping", clipping)

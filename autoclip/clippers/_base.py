@@ -42,6 +42,14 @@ class ClipResult:
         threshold: the norm (or, for ``value``/``agc``, the value or ratio) applied (0-dim).
         clipped: whether the gradients were scaled or clamped this step (0-dim bool).
         finite: whether the gradients were finite (0-dim bool); ``False`` means skipped.
+
+    >>> import torch
+    >>> from autoclip import NormClip
+    >>> p = torch.nn.Parameter(torch.zeros(1))
+    >>> p.grad = torch.tensor([2.0])
+    >>> res = NormClip(max_norm=1.0)([p])
+    >>> float(res.total_norm), float(res.threshold), bool(res.clipped), bool(res.finite)
+    (2.0, 1.0, True, True)
     """
 
     total_norm: Tensor
@@ -51,7 +59,29 @@ class ClipResult:
 
 
 class BaseClipper(abc.ABC):
-    """Base class: subclasses implement :meth:`_clip` and, if adaptive, :meth:`_observe`."""
+    """Base class: subclasses implement :meth:`_clip` and, if adaptive, :meth:`_observe`.
+
+    The lifecycle is in the module docstring. A clipper that halves every gradient, and its
+    round trip through ``config`` and ``state_dict``:
+
+    >>> import torch
+    >>> class Halve(BaseClipper):
+    ...     def _clip(self, params, grads, total, finite):
+    ...         for g in grads:
+    ...             g.mul_(0.5)
+    ...         return torch.tensor(0.5), torch.tensor(True)
+    >>> p = torch.nn.Parameter(torch.zeros(1))
+    >>> p.grad = torch.tensor([4.0])
+    >>> clip = Halve()
+    >>> _ = clip([p])
+    >>> p.grad.item(), int(clip.steps), int(clip.clipped)
+    (2.0, 1, 1)
+    >>> opt = torch.optim.SGD([p], lr=1.0)
+    >>> handle = clip.attach(opt)  # now clips before every opt.step()
+    >>> opt.step(); handle.remove()
+    >>> p.item()  # the step used the halved gradient, 2.0 -> 1.0
+    -1.0
+    """
 
     #: Registry name, set by :func:`autoclip.clippers.register_clipper`.
     name: ClassVar[str] = ""

@@ -18,6 +18,13 @@ class NormClip(NormBasedClipper):
 
     ``g <- g * min(1, max_norm / (||g|| + 1e-6))`` with ``||g||`` the ``norm_type`` norm of
     all gradients concatenated (Pascanu et al. 2013).
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(2))
+    >>> p.grad = torch.tensor([3.0, 4.0])  # norm 5
+    >>> res = NormClip(max_norm=1.0)([p])
+    >>> round(float(res.total_norm), 3), [round(v, 3) for v in p.grad.tolist()]
+    (5.0, [0.6, 0.8])
     """
 
     def __init__(self, max_norm: float, norm_type: float = 2.0, nonfinite: str = "skip") -> None:
@@ -46,6 +53,13 @@ class ValueClip(BaseClipper):
     """Element-wise clamp, identical to ``torch.nn.utils.clip_grad_value_``.
 
     ``clipped`` reports whether any element lay outside ``[-clip_value, clip_value]``.
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.zeros(3))
+    >>> p.grad = torch.tensor([0.5, -2.0, 3.0])
+    >>> res = ValueClip(clip_value=1.0)([p])
+    >>> p.grad.tolist(), bool(res.clipped)
+    ([0.5, -1.0, 1.0], True)
 
     On the host, one loop visits each gradient once, while it is in cache: its norm, its
     extremes and (under ``nonfinite="skip"``) the clamp. A non-finite step is zeroed whole

@@ -32,6 +32,29 @@ METHODS = ("window", "stream")
 
 @register_clipper("quantile", "clip the global norm to a quantile of recent norms (AutoClip)")
 class QuantileClip(NormBasedClipper):
+    """Clip the global norm to the ``quantile`` of the recent norms (AutoClip).
+
+    Seetharaman, Wichern, Pardo, Le Roux 2020, "AutoClip: Adaptive Gradient Clipping for
+    Source Separation Networks" (arXiv:2007.14469)::
+
+        c_t = percentile_p(||g_1||, ..., ||g_t||)        g_t <- g_t * min(1, c_t / ||g_t||)
+
+    with the history limited to the last ``window`` norms (``method="window"``, exact), or
+    replaced by the geometric update of Andrew et al. 2021 (``method="stream"``, O(1)):
+    ``c <- c * exp(-lr * (b - quantile))``, ``b = 1`` when the step was not clipped.
+    ``quantile`` is the fraction of steps meant to pass unclipped (AutoClip's 10th percentile
+    is ``quantile=0.1``). ``warm_start(norms)`` fills the history from the probe.
+
+    >>> import torch
+    >>> clip = QuantileClip(quantile=0.5, window=3)
+    >>> p = torch.nn.Parameter(torch.zeros(2))
+    >>> for norm in (1.0, 3.0, 2.0):  # the window holds 1, 3, 2: its median is 2
+    ...     p.grad = torch.tensor([norm, 0.0])
+    ...     res = clip([p])
+    >>> float(res.threshold), round(p.grad[0].item(), 4)  # at the threshold: 2 * 2 / (2 + 1e-6)
+    (2.0, 2.0)
+    """
+
     adaptive = True
 
     def __init__(

@@ -30,6 +30,30 @@ CLIP_OPTIONS = ("adaptive_scaling", "mean")
 
 @register_clipper("zscore", "clip norm spikes more than z_thresh EMA deviations above (ZClip)")
 class ZScoreClip(NormBasedClipper):
+    """Clip norm spikes: ``z = (||g|| - mu) / sigma > z_thresh`` against an EMA (ZClip).
+
+    Kumar, Owen, Ashkboos, Hoefler, Alistarh 2025, "ZClip: Adaptive Spike Mitigation for LLM
+    Pre-Training" (arXiv:2504.02507). After ``warmup_steps`` that seed ``mu`` and ``sigma``,
+    a spike is clipped to ``mu + (z_thresh**2 / z) * sigma`` (``clip_option=
+    "adaptive_scaling"``, ZClip's reciprocal rule) or to ``mu`` (``"mean"``); the EMA is then
+    updated with the clipped norm, ``mu <- alpha mu + (1 - alpha) n``,
+    ``sigma^2 <- alpha sigma^2 + (1 - alpha) (n - mu)^2``. Defaults are ZClip's published
+    ones. :attr:`spike_bound` is where the next step would count as a spike.
+
+    >>> import torch
+    >>> clip = ZScoreClip(z_thresh=2.0, warmup_steps=4)
+    >>> p = torch.nn.Parameter(torch.zeros(1))
+    >>> for norm in (1.0, 1.2, 0.8, 1.0):  # warm-up: mean 1, std ~0.14, never clipped
+    ...     p.grad = torch.tensor([norm])
+    ...     res = clip([p])
+    >>> round(clip.spike_bound, 3)
+    1.283
+    >>> p.grad = torch.tensor([10.0])  # a spike: z ~ 64
+    >>> res = clip([p])
+    >>> bool(res.clipped), round(p.grad.item(), 3)
+    (True, 1.009)
+    """
+
     adaptive = True
 
     def __init__(
