@@ -1,6 +1,17 @@
-"""autoclip: measure gradients, propose clipping thresholds, tune them with Optuna."""
+"""autoclip: measure gradients, propose clipping thresholds, tune them with Optuna.
 
-from autoclip import functional, objectives, report
+Submodules keep their own names here: ``autoclip.probe`` and ``autoclip.propose`` are the
+modules (``import autoclip.probe as m`` gives the module), and their functions are
+``autoclip.probe.probe`` and ``autoclip.propose.propose``. The one call before training is
+:func:`suggest`.
+
+>>> import autoclip
+>>> import autoclip.probe as m
+>>> m is autoclip.probe, callable(autoclip.probe.probe), callable(autoclip.suggest)
+(True, True, True)
+"""
+
+from autoclip import functional, objectives, probe, propose, report, serialize
 from autoclip.clippers import (
     AGC,
     BaseClipper,
@@ -21,8 +32,8 @@ from autoclip.errors import (
     StorageError,
     TaskError,
 )
-from autoclip.probe import GradTrace, probe, probe_task
-from autoclip.propose import Candidate, Proposal, SearchSpace, propose, suggest
+from autoclip.probe import GradTrace, probe_task
+from autoclip.propose import Candidate, Proposal, SearchSpace, suggest
 from autoclip.search import TrialRecord, TuneResult, load_result, suggest_clipper, tune
 from autoclip.stats import GradStats, compute_stats
 from autoclip.task import Task, load_task
@@ -65,6 +76,7 @@ __all__ = [
     "propose",
     "register_clipper",
     "report",
+    "serialize",
     "suggest",
     "suggest_clipper",
     "train",

@@ -16,8 +16,8 @@ class AutoclipError(Exception):
     >>> try:
     ...     autoclip.create_clipper("magic")
     ... except AutoclipError as exc:
-    ...     print(type(exc).__name__, "-", exc)
-    ConfigError - unknown clipper 'magic'; choose one of ['agc', 'norm', 'quantile', 'value', 'zscore']
+    ...     print(type(exc).__name__, "-", exc)  # doctest: +ELLIPSIS
+    ConfigError - unknown clipper 'magic'; choose one of ['agc', 'norm', ...]
     """
 
 
@@ -40,8 +40,9 @@ class TaskError(AutoclipError, ValueError):
     >>> from autoclip import Task
     >>> Task(model_fn=lambda: torch.nn.Linear(2, 1), optimizer_fn=torch.optim.SGD,
     ...      loss_fn=lambda model, batch: model(batch).sum(), batches=iter([torch.ones(2)]))
+    ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    autoclip.errors.TaskError: Task.batches is a one-shot iterator, so a second trial would see no data; pass a list, a tuple or a DataLoader instead
+    autoclip.errors.TaskError: Task.batches is a one-shot iterator, ... a DataLoader instead
     """
 
 
@@ -54,7 +55,7 @@ class NonFiniteGradientError(AutoclipError, RuntimeError):
     >>> p.grad = torch.tensor([float("nan")])
     >>> NormClip(1.0, nonfinite="raise")([p])  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    autoclip.errors.NonFiniteGradientError: the total norm of order 2.0 of the gradients is non-finite (nan); ...
+    autoclip.errors.NonFiniteGradientError: the total norm ... is non-finite (nan); ...
     """
 
 

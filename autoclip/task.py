@@ -56,6 +56,20 @@ class Task:
         target_loss: optional loss level used for "steps to target" (convergence speed).
         default_clipper: optional clipper config conventional for this kind of model (e.g.
             ``{"name": "norm", "max_norm": 0.25}`` for word-level LSTMs), a baseline arm.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    >>> task = Task(
+    ...     model_fn=lambda: nn.Linear(4, 1),                      # a factory, not a model
+    ...     optimizer_fn=lambda params: torch.optim.SGD(params, lr=0.1),
+    ...     loss_fn=lambda model, batch: model(batch).pow(2).mean(),  # (model, batch) -> 0-dim
+    ...     batches=[x[:16], x[16:]],                              # re-iterable
+    ...     steps=20,
+    ... )
+    >>> model, optimizer = task.build()
+    >>> task.compute_loss(model, x[:16]).shape
+    torch.Size([])
     """
 
     model_fn: Callable[[], nn.Module]
@@ -180,7 +194,14 @@ def bundled_studies() -> dict[str, str]:
 
 
 def load_task(target: str | Task) -> Task:
-    """Resolve ``file.py:name``, ``package.module:name`` or a bundled study name to a Task."""
+    """Resolve ``file.py:name``, ``package.module:name`` or a bundled study name to a Task.
+
+    >>> load_task("relu_rnn").name            # a bundled study (entry point)
+    'relu_rnn'
+    >>> load_task("examples/nowhere.py:make_task")
+    Traceback (most recent call last):
+    autoclip.errors.TaskError: 'examples/nowhere.py:make_task': no such file 'examples/nowhere.py'
+    """
     if isinstance(target, Task):
         return target
     if not isinstance(target, str) or not target.strip():

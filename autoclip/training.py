@@ -43,6 +43,13 @@ class TrainLog:
 
     ``thresholds`` is NaN where no clipper ran. ``clipped`` counts clipped steps.
     ``eval_loss`` is ``task.eval_fn(model)`` after training (None without one, or if diverged).
+
+    >>> log = TrainLog(losses=(1.0, 0.5), norms=(2.0, 1.0), thresholds=(1.0, 1.0),
+    ...                clipped=(True, False), planned_steps=2)
+    >>> log.steps_run, log.clipped_fraction
+    (2, 0.5)
+    >>> TrainLog.from_dict(log.to_dict()) == log
+    True
     """
 
     losses: tuple[float, ...]
@@ -99,6 +106,17 @@ def train(
         lr_scale: multiplies every parameter group's learning rate (for joint lr search).
         callback: ``(step, loss)`` called at each sync point with the latest loss, e.g. to
             report to an Optuna trial; it may raise (``optuna.TrialPruned``) to stop the run.
+
+    >>> import torch
+    >>> from autoclip import Task
+    >>> x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    >>> task = Task(lambda: torch.nn.Linear(4, 1), lambda p: torch.optim.SGD(p, lr=0.1),
+    ...             lambda model, batch: model(batch).pow(2).mean(), [x], steps=5)
+    >>> log = train(task, {"name": "norm", "max_norm": 0.5})
+    >>> log.steps_run, log.diverged, log.thresholds[0]
+    (5, False, 0.5)
+    >>> log.losses[-1] < log.losses[0]
+    True
     """
     steps = task.steps if steps is None else steps
     clip = _as_clipper(clipper)

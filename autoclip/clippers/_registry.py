@@ -60,6 +60,12 @@ class ClipperInfo:
         unit: what ``param`` measures, for reports ("global norm", "ratio", ...).
         norm_threshold: the clipper's threshold is a level of the global gradient norm (so a
             report can draw it on the norm plot).
+
+    >>> info = clipper_info("quantile")
+    >>> info.param, info.log, info.bounds, info.adaptive
+    ('quantile', False, (0.0, 1.0), True)
+    >>> info.range_for(None, {"quantile": 0.5})   # AutoClip's p10 to the top 1%
+    (0.1, 0.99)
     """
 
     name: str
