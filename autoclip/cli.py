@@ -1,14 +1,17 @@
 """The ``autoclip`` command line: each command parses, calls one library function, prints.
 
 Errors a user can cause end with one line naming the fix and a non-zero exit code: 2 for
-usage errors (bad options, a TARGET that cannot be loaded), 1 for failures while running.
-``--debug`` shows the traceback instead.
+usage errors (bad options, a TARGET that cannot be loaded), 1 for failures while running
+(once the TARGET is loaded, even an invalid value found at run time is a run-time failure:
+it gets no Usage banner). Ctrl-C prints one line, with how to resume, and exits 130 (the
+shell's code for SIGINT). ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +26,20 @@ DEFAULT_OUT = "autoclip-out"
 
 class _Ctx:
     debug = False
+    running = False  # set once the TARGET is loaded: from then on a failure is a run-time one
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted_line() -> str:
+    params = click.get_current_context().params
+    storage = params.get("storage")
+    if "trials" not in params:  # probe, report, studies: nothing half-done is kept
+        return "interrupted; nothing was written"
+    if storage in (None, ":memory:"):
+        return "interrupted; the trials were kept in memory only (--storage :memory:)"
+    return f"interrupted; finished trials are saved in {storage}: rerun the same command to resume"
 
 
 def _run(fn):
@@ -30,14 +47,20 @@ def _run(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _Ctx.running = False
         try:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            if _Ctx.debug:
+                raise
+            click.echo(_interrupted_line(), err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             if _Ctx.debug:
                 raise
-            if isinstance(exc, ConfigError):
+            if isinstance(exc, ConfigError) and not _Ctx.running:
                 raise click.UsageError(str(exc)) from None
             if isinstance(exc, AutoclipError):
                 raise click.ClickException(str(exc)) from None
@@ -88,9 +111,27 @@ def _load(target: str):
     from autoclip.task import load_task
 
     try:
-        return load_task(target)
+        task = load_task(target)
     except TaskError as exc:
         raise click.BadParameter(str(exc), param_hint="TARGET") from None
+    _Ctx.running = True
+    return task
+
+
+class _OneLine(logging.Filter):
+    """Optuna's trial-failure warnings without their tracebacks (the reason is in the result);
+    an interrupted trial's warning and the redundant "failed with value None" not at all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in text:
+            return False
+        if text.endswith("failed with value None."):
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        return True
 
 
 def _out_option(help: str):
@@ -127,6 +168,12 @@ def main(debug: bool) -> None:
 
     # Trial-by-trial INFO lines drown the progress bar and the table; --debug keeps them.
     optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.WARNING)
+    # Optuna's records come from child loggers, so the filter goes on its handlers.
+    for handler in logging.getLogger("optuna").handlers:
+        for f in [f for f in handler.filters if isinstance(f, _OneLine)]:
+            handler.removeFilter(f)
+        if not debug:
+            handler.addFilter(_OneLine())
 
 
 @main.command()

@@ -85,6 +85,7 @@ class Task:
     default_clipper: dict[str, Any] | None = field(default=None)
 
     def __post_init__(self) -> None:
+        _check_factories(self)
         for attr in ("model_fn", "optimizer_fn", "loss_fn"):
             if not callable(getattr(self, attr)):
                 raise TaskError(
@@ -123,6 +124,7 @@ class Task:
                 "Task.optimizer_fn must return a torch.optim.Optimizer, "
                 f"but returned {type(optimizer).__name__}"
             )
+        _check_owns(model, optimizer)
         return model, optimizer
 
     def batch_stream(self) -> Iterator[Any]:
@@ -155,6 +157,33 @@ class Task:
                 "the model's output without torch.no_grad() or .detach()"
             )
         return loss.reshape(())
+
+
+def _check_factories(task: Task) -> None:
+    """The two mistakes that otherwise surface steps later as a raw TypeError."""
+    if isinstance(task.model_fn, nn.Module):
+        raise TaskError(
+            f"Task.model_fn must build a fresh model, but got a {type(task.model_fn).__name__} "
+            "instance; pass a factory such as model_fn=lambda: MyModel()"
+        )
+    if isinstance(task.loss_fn, nn.Module):
+        raise TaskError(
+            f"Task.loss_fn receives (model, batch) and returns the loss, but got the criterion "
+            f"{type(task.loss_fn).__name__}; wrap it: loss_fn=lambda model, batch: "
+            "criterion(model(batch[0]), batch[1])"
+        )
+
+
+def _check_owns(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer must update the model it was built for."""
+    own = {id(p) for p in model.parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(id(p) in own for p in params):
+        raise TaskError(
+            "the optimizer from Task.optimizer_fn updates none of the model's parameters; "
+            "build it over the parameters it is given: optimizer_fn=lambda params: "
+            "torch.optim.SGD(params, lr=...)"
+        )
 
 
 def _resolve(obj: Any, target: str) -> Task:
