@@ -134,6 +134,10 @@ def test_studies_lists_the_bundled_tasks(run):
 def test_user_errors_are_one_line_with_an_exit_code(run, args, code, message):
     res = run(*args)
     assert res.exit_code == code, res.output
-    assert message in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], res.output  # the message is one line
+    # a usage error adds click's two-line Usage banner; a run-time failure adds nothing
+    assert lines == (lines[:2] + errors if code == 2 else errors), res.output
     assert "Traceback" not in res.output
     assert "secret" not in res.output

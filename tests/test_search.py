@@ -115,8 +115,13 @@ def test_a_failing_trial_does_not_stop_the_study():
 
 
 def test_single_mode_prunes_and_honours_the_constraint():
-    res = tune(make_task(steps=20), n_trials=8, mode="single", probe_steps=10, baselines=False)
+    # 10 trials: with the median pruner's 3 start-up trials, sampler seeds 0-4 each prune 1-3
+    res = tune(make_task(steps=20), n_trials=10, mode="single", probe_steps=10, baselines=False)
     assert res.mode == "single"
+    pruned = [t for t in res.trials if t.state == "PRUNED"]
+    assert pruned, [t.state for t in res.trials]
+    assert all(t.reason.startswith("pruned at step") for t in pruned)
+    assert res.chosen.state == "COMPLETE" and res.chosen not in pruned
     assert "instability <=" in res.rule
     assert res.chosen.values[2] <= 0.05
     done = [t for t in res.trials if t.state == "COMPLETE"]
