@@ -18,6 +18,7 @@ from autoclip.errors import (
     AutoclipError,
     ConfigError,
     NonFiniteGradientError,
+    UnsupportedError,
     StorageError,
     TaskError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "GradStats",
     "GradTrace",
     "NonFiniteGradientError",
+    "UnsupportedError",
     "NormClip",
     "Proposal",
     "QuantileClip",

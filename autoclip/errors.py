@@ -27,3 +27,8 @@ class NonFiniteGradientError(AutoclipError, RuntimeError):
 
 class StorageError(AutoclipError, RuntimeError):
     """An Optuna storage could not be opened or does not match the requested study."""
+
+
+class UnsupportedError(AutoclipError, NotImplementedError):
+    """A setup autoclip does not handle (yet), e.g. a clipper on sharded gradients it cannot
+    measure globally; the message names what to use instead."""
