@@ -18,9 +18,9 @@ from autoclip.errors import (
     AutoclipError,
     ConfigError,
     NonFiniteGradientError,
-    UnsupportedError,
     StorageError,
     TaskError,
+    UnsupportedError,
 )
 from autoclip.probe import GradTrace, probe, probe_task
 from autoclip.propose import Candidate, Proposal, SearchSpace, propose, suggest

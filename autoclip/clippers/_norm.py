@@ -72,10 +72,9 @@ class ValueClip(BaseClipper):
         # torch's grouping, so the norms stack in get_total_norm's order: a bit-identical total.
         for [group], _ in _group_tensors_by_device_and_dtype([grads]).values():
             for g in group:
-                low = g.dtype in F.LOW_PRECISION  # measured in float32, as F.total_norm does
-                norms.append(
-                    torch.linalg.vector_norm(g, self.norm_type, dtype=torch.float32 if low else None)
-                )
+                # Half precision is measured in float32, as F.total_norm does.
+                acc = torch.float32 if g.dtype in F.LOW_PRECISION else None
+                norms.append(torch.linalg.vector_norm(g, self.norm_type, dtype=acc))
                 # aminmax: vector_norm(ord=inf) is ~20x slower on CPU.
                 extremes.extend(torch.aminmax(g))
                 if fuse:
