@@ -68,7 +68,9 @@ def test_grad_scaler_clipper_measures_the_unscaled_norm(kind, name, params):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("name, params", [("norm", {"max_norm": 0.05}), ("value", {"clip_value": 1e-3})])
+@pytest.mark.parametrize(
+    "name, params", [("norm", {"max_norm": 0.05}), ("value", {"clip_value": 1e-3})]
+)
 def test_grad_scaler_clipped_update_equals_clipping_the_unscaled_gradients(kind, name, params):
     """The step taken under GradScaler equals clipping unscaled gradients and stepping."""
     model, twin = _model(), _model()
@@ -112,7 +114,8 @@ def test_a_step_the_scaler_skips_is_not_counted(kind):
     after = clipper.state_dict()["state"]
     for k in before:
         assert torch.equal(before[k], after[k]) or (
-            torch.isnan(before[k]).any() and torch.equal(before[k].nan_to_num(), after[k].nan_to_num())
+            torch.isnan(before[k]).any()
+            and torch.equal(before[k].nan_to_num(), after[k].nan_to_num())
         ), k
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights, strict=True))
     assert scaler.get_scale() < 2.0**16  # the scaler did see the overflow
