@@ -110,7 +110,8 @@ class BaseClipper(abc.ABC):
         self, params: list[Tensor], grads: list[Tensor], total: Tensor, finite: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Clip ``grads`` in place (zero them where the step is skipped); return
-        ``(threshold, clipped, keep)`` as tensors, ``keep`` False for a skipped step."""
+        ``(threshold, clipped, keep)`` as tensors, ``keep`` False for a skipped step
+        (``(threshold, clipped)`` is accepted too: then ``keep`` is ``finite``)."""
 
     @property
     def may_skip(self) -> bool:
@@ -164,7 +165,9 @@ class BaseClipper(abc.ABC):
                 )
         if counted is not None:
             finite = finite & counted
-        threshold, clipped, keep = self._clip(params, grads, total, finite)
+        out = self._clip(params, grads, total, finite)
+        # (threshold, clipped) from a subclass written before skip policies: keep = finite.
+        threshold, clipped, keep = out if len(out) == 3 else (*out, finite)
         if self.nonfinite == "skip" or counted is not None:
             F.zero_nonfinite_(grads, finite)
         skipped = ~keep
