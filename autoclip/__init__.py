@@ -31,6 +31,7 @@ from autoclip.errors import (
     NonFiniteGradientError,
     StorageError,
     TaskError,
+    UnsupportedError,
 )
 from autoclip.probe import GradTrace, probe_task
 from autoclip.propose import Candidate, Proposal, SearchSpace, suggest
@@ -52,6 +53,7 @@ __all__ = [
     "GradStats",
     "GradTrace",
     "NonFiniteGradientError",
+    "UnsupportedError",
     "NormClip",
     "Proposal",
     "QuantileClip",

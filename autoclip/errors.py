@@ -67,3 +67,8 @@ class StorageError(AutoclipError, RuntimeError):
     >>> issubclass(StorageError, RuntimeError), issubclass(StorageError, AutoclipError)
     (True, True)
     """
+
+
+class UnsupportedError(AutoclipError, NotImplementedError):
+    """A setup autoclip does not handle (yet), e.g. a clipper on sharded gradients it cannot
+    measure globally; the message names what to use instead."""

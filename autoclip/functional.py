@@ -25,6 +25,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+try:  # DTensor (FSDP2, tensor parallel) exists wherever torch.distributed does
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover - torch built without distributed
+    _DTensor = None
+
 __all__ = [
     "agc_",
     "norm_from_unitwise",
@@ -56,12 +61,70 @@ def grads_of(parameters: Tensor | Iterable[Tensor]) -> tuple[list[Tensor], list[
     return params, [p.grad for p in params]
 
 
+# Gradients in these dtypes are measured in float32: a float16 norm overflows to inf above
+# 65504, which a GradScaler-scaled (or merely large) gradient reaches easily.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
 def total_norm(grads: list[Tensor], norm_type: float = 2.0, foreach: bool | None = None) -> Tensor:
-    """Global ``norm_type`` norm of ``grads``, exactly as ``torch.nn.utils.get_total_norm``.
+    """Global ``norm_type`` norm of ``grads``: one fp32-accumulating, DTensor-aware helper.
+
+    * float32/float64 gradients: exactly ``torch.nn.utils.get_total_norm`` (bit-identical).
+    * float16/bfloat16 gradients: each tensor's norm is accumulated in float32 (the result is
+      float32), so large or loss-scaled half-precision gradients do not overflow to inf.
+    * DTensor gradients (FSDP2 ``fully_shard``, tensor parallel): the norm of the local shards
+      is reduced over the mesh (torchtitan's recipe: ``.full_tensor()`` of the norm, never of
+      the gradients), so every rank gets the same global norm as a plain tensor.
 
     An empty list gives ``tensor(0.)``.
     """
-    return torch.nn.utils.get_total_norm(grads, norm_type=norm_type, foreach=foreach)
+    plain = [g for g in grads if not _is_dtensor(g)]
+    sharded = [g for g in grads if _is_dtensor(g)]
+    parts = []
+    if plain or not sharded:
+        if not any(g.dtype in LOW_PRECISION for g in plain):
+            parts.append(torch.nn.utils.get_total_norm(plain, norm_type=norm_type, foreach=foreach))
+        else:
+            parts.append(_fp32_norm(plain, norm_type, foreach))
+    if sharded:
+        parts.append(_dtensor_norm(sharded, norm_type).to(parts[0].device if parts else None))
+    if len(parts) == 1:
+        return parts[0]
+    return torch.linalg.vector_norm(torch.stack(parts), norm_type)
+
+
+def _norms_of(group: list[Tensor], norm_type: float, foreach: bool | None) -> list[Tensor]:
+    dtype = torch.float32 if group[0].dtype in LOW_PRECISION else None
+    if _foreach_ok(group[0].device, foreach):
+        return list(torch._foreach_norm(group, norm_type, dtype=dtype))
+    return [torch.linalg.vector_norm(g, norm_type, dtype=dtype) for g in group]
+
+
+def _fp32_norm(grads: list[Tensor], norm_type: float, foreach: bool | None) -> Tensor:
+    first = grads[0].device
+    norms = []
+    for (_, _), group in _by_device_and_dtype(grads).items():
+        norms.extend(n.to(first) for n in _norms_of(group, norm_type, foreach))
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+
+def _dtensor_norm(grads: list[Tensor], norm_type: float) -> Tensor:
+    """Norm of DTensor gradients, one reduction per (mesh, placements, dtype) group."""
+    groups: dict[tuple, list[Tensor]] = defaultdict(list)
+    for g in grads:
+        groups[(id(g.device_mesh), g.placements, g.dtype)].append(g)
+    norms = []
+    for group in groups.values():
+        n = torch.linalg.vector_norm(torch.stack(_norms_of(group, norm_type, None)), norm_type)
+        norms.append(n.full_tensor() if _is_dtensor(n) else n)
+    first = norms[0].device
+    if len(norms) == 1:
+        return norms[0]
+    return torch.linalg.vector_norm(torch.stack([n.to(first) for n in norms]), norm_type)
 
 
 def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple, list[Tensor]]:

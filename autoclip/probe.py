@@ -797,6 +797,7 @@ def probe_task(task: Any, steps: int = 100, **kw: Any) -> GradTrace:
         # build() seeds everything, so the warm-up draws the same dropout masks and data
         # order as a training run of this task would.
         model, optimizer = task.build()
+        kw.setdefault("scaler", task.make_scaler())  # the task's AMP, as training uses it
         return probe(model, optimizer, task.compute_loss, task.batches, steps, **kw)
     finally:
         _set_rng(rng)

@@ -13,11 +13,12 @@ any installed package can add its own::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import random
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from torch import nn
 
 from autoclip.errors import TaskError
 
-__all__ = ["Task", "load_task", "seed_everything"]
+__all__ = ["Task", "load_task", "move_to", "seed_everything"]
+
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:
@@ -56,6 +59,13 @@ class Task:
         target_loss: optional loss level used for "steps to target" (convergence speed).
         default_clipper: optional clipper config conventional for this kind of model (e.g.
             ``{"name": "norm", "max_norm": 0.25}`` for word-level LSTMs), a baseline arm.
+        device: where the model is built and every batch is moved (``"cpu"``, ``"cuda"``...).
+        autocast_dtype: ``torch.bfloat16`` or ``torch.float16`` to run the loss under
+            ``torch.autocast`` as the user trains; None (default) for full precision.
+        grad_scaler: train with ``torch.amp.GradScaler`` (float16 training); the clipper
+            always sees unscaled gradients.
+        accumulation_steps: micro-batches whose gradients are summed (each loss divided by
+            this) before one optimizer step; the clipper runs once per optimizer step.
 
     >>> import torch
     >>> from torch import nn
@@ -83,6 +93,10 @@ class Task:
     description: str = ""
     target_loss: float | None = None
     default_clipper: dict[str, Any] | None = field(default=None)
+    device: str | torch.device = "cpu"
+    autocast_dtype: torch.dtype | None = None
+    grad_scaler: bool = False
+    accumulation_steps: int = 1
 
     def __post_init__(self) -> None:
         _check_factories(self)
@@ -107,6 +121,24 @@ class Task:
             raise TaskError(f"Task.steps must be an int >= 1, but got {self.steps!r}")
         if not isinstance(self.seed, int):
             raise TaskError(f"Task.seed must be an int, but got {self.seed!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise TaskError(
+                f"Task.device must name a torch device ('cpu', 'cuda', 'cuda:1', 'mps'...), "
+                f"but got {self.device!r}"
+            ) from None
+        if self.autocast_dtype is not None and self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise TaskError(
+                f"Task.autocast_dtype must be None, torch.bfloat16 or torch.float16, but got "
+                f"{self.autocast_dtype!r}"
+            )
+        if not isinstance(self.grad_scaler, bool):
+            raise TaskError(f"Task.grad_scaler must be True or False, but got {self.grad_scaler!r}")
+        if not (isinstance(self.accumulation_steps, int) and self.accumulation_steps >= 1):
+            raise TaskError(
+                f"Task.accumulation_steps must be an int >= 1, but got {self.accumulation_steps!r}"
+            )
 
     def build(self, seed: int | None = None) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Seed everything, then build a fresh model and its optimizer."""
@@ -116,6 +148,7 @@ class Task:
             raise TaskError(
                 f"Task.model_fn must return an nn.Module, but returned {type(model).__name__}"
             )
+        model = model.to(self.device)  # before the optimizer, which keeps references
         if not any(p.requires_grad for p in model.parameters()):
             raise TaskError("the model has no trainable parameters (requires_grad=True)")
         optimizer = self.optimizer_fn(model.parameters())
@@ -139,9 +172,23 @@ class Task:
         while True:
             yield from self.batches
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` on the task's device with ``autocast_dtype``, or a no-op."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype)
+
+    def make_scaler(self) -> torch.amp.GradScaler | None:
+        """A fresh ``GradScaler`` on the task's device when ``grad_scaler``, else None."""
+        if not self.grad_scaler:
+            return None
+        return torch.amp.GradScaler(torch.device(self.device).type)
+
     def compute_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """``loss_fn(model, batch)``, checked to be a 0-dim floating tensor with a graph."""
-        loss = self.loss_fn(model, batch)
+        """``loss_fn(model, batch)`` with the batch on the task's device, under the task's
+        autocast, checked to be a 0-dim floating tensor with a graph."""
+        with self.autocast():
+            loss = self.loss_fn(model, move_to(batch, self.device))
         if not isinstance(loss, torch.Tensor):
             raise TaskError(
                 f"Task.loss_fn must return a tensor, but returned {type(loss).__name__}"
@@ -184,6 +231,21 @@ def _check_owns(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
             "build it over the parameters it is given: optimizer_fn=lambda params: "
             "torch.optim.SGD(params, lr=...)"
         )
+
+
+def move_to(batch: Any, device: str | torch.device) -> Any:
+    """``batch`` with every tensor in it (in tuples, lists, dicts, nested) moved to ``device``.
+
+    Tensors already there are returned as they are (no copy)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple
+        return type(batch)(*(move_to(b, device) for b in batch))
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to(b, device) for b in batch)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: move_to(v, device) for k, v in batch.items()})
+    return batch
 
 
 def _resolve(obj: Any, target: str) -> Task:

@@ -13,6 +13,12 @@ Divergence (the run stops at the first of these):
 
 Losses and norms are copied to the host every ``sync_every`` steps, not every step, so on an
 accelerator the loop does not wait on each step; divergence is detected at those points.
+
+The loop trains the way the task says the user trains: on ``task.device``, under
+``task.autocast_dtype``, with a ``GradScaler`` when ``task.grad_scaler`` (the clipper is
+attached to the optimizer, so it measures unscaled gradients, once per optimizer step, and a
+step the scaler or the clipper skips changes nothing of the optimizer), and summing
+``task.accumulation_steps`` micro-batches per step (the logged loss is their mean).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 from autoclip import functional as F
 from autoclip import serialize
 from autoclip.clippers import BaseClipper, create_clipper
+from autoclip.errors import ConfigError
 from autoclip.task import Task
 
 __all__ = ["TrainLog", "train"]
@@ -119,12 +126,17 @@ def train(
     True
     """
     steps = task.steps if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"`steps` must be an int >= 1 (optimizer steps), but got {steps!r}")
     clip = _as_clipper(clipper)
     model, optimizer = task.build(seed)
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * lr_scale
     params = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
+    scaler = task.make_scaler()
+    accum = task.accumulation_steps
+    handle = None if clip is None else clip.attach(optimizer)
 
     losses: list[float] = []
     norms: list[float] = []
@@ -134,6 +146,8 @@ def train(
     reason: str | None = None
     skipped_in_row = 0
     nan = torch.tensor(math.nan)
+    inf = torch.tensor(math.inf)
+    false, true = torch.tensor(False), torch.tensor(True)
 
     def flush() -> str | None:
         nonlocal skipped_in_row
@@ -143,7 +157,7 @@ def train(
             [torch.stack([t.detach().double().cpu() for t in row]) for row in pending]
         ).tolist()
         pending.clear()
-        for loss, norm, thr, was_clipped, finite in rows:
+        for loss, norm, thr, was_clipped, finite, skipped in rows:
             step = len(losses)
             losses.append(loss)
             norms.append(norm)
@@ -151,12 +165,15 @@ def train(
             clipped.append(bool(was_clipped))
             if not math.isfinite(loss):
                 return f"non-finite loss ({loss}) at step {step}"
-            if not finite:
-                if clip is None:
-                    return f"non-finite gradient norm at step {step} (no clipper to skip it)"
+            if not finite and clip is None and scaler is None:
+                return f"non-finite gradient norm at step {step} (no clipper to skip it)"
+            if skipped:  # non-finite (skipped by the clipper or the scaler), or a spike
                 skipped_in_row += 1
                 if skipped_in_row >= MAX_SKIPPED_IN_ROW:
-                    return f"{MAX_SKIPPED_IN_ROW} non-finite gradient steps in a row by {step}"
+                    return (
+                        f"{MAX_SKIPPED_IN_ROW} skipped steps in a row (non-finite gradients or "
+                        f"spikes) by step {step}"
+                    )
             else:
                 skipped_in_row = 0
             if losses[0] > 0 and loss > EXPLODE_FACTOR * losses[0]:
@@ -166,26 +183,44 @@ def train(
         return None
 
     stream = task.batch_stream()
-    for step in range(steps):
-        batch = next(stream)
-        optimizer.zero_grad(set_to_none=True)
-        loss = task.compute_loss(model, batch)
-        loss.backward()
-        if clip is None:
-            with torch.no_grad():
-                total = F.total_norm([p.grad for p in params if p.grad is not None])
-            row = (loss.detach(), total, nan, torch.tensor(0.0), torch.isfinite(total))
-        else:
-            r = clip(params)
-            row = (loss.detach(), r.total_norm, r.threshold, r.clipped, r.finite)
-        pending.append(row)
-        optimizer.step()
-        if (step + 1) % sync_every == 0 or step == steps - 1:
-            reason = flush()
-            if reason is not None:
-                break
-            if callback is not None:
-                callback(step, losses[-1])
+    try:
+        for step in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = None
+            for _ in range(accum):
+                loss = task.compute_loss(model, next(stream)) / accum
+                (loss if scaler is None else scaler.scale(loss)).backward()
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            if clip is None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                with torch.no_grad():
+                    total = F.total_norm([p.grad for p in params if p.grad is not None])
+                finite = torch.isfinite(total)
+                row = (step_loss, total, nan, false, finite, ~finite)
+            else:
+                clip.last_result_ = None
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+            if clip is not None:
+                r = clip.last_result_
+                if r is None:  # the scaler found inf/NaN and skipped the step (and the clipper)
+                    row = (step_loss, inf, nan, false, false, true)
+                else:
+                    row = (step_loss, r.total_norm, r.threshold, r.clipped, r.finite, r.skipped)
+            pending.append(row)
+            if (step + 1) % sync_every == 0 or step == steps - 1:
+                reason = flush()
+                if reason is not None:
+                    break
+                if callback is not None:
+                    callback(step, losses[-1])
+    finally:
+        if handle is not None:
+            handle.remove()
 
     eval_loss = None
     if reason is None and task.eval_fn is not None:

@@ -253,7 +253,6 @@ def test_probe_with_an_optimizer_of_other_parameters():
     _one_line(err.value, "none of the model's parameters")
 
 
-@LATER
 def test_train_with_negative_steps():
     with pytest.raises(ConfigError) as err:
         autoclip.train(_task(), steps=-3)

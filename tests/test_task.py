@@ -1,3 +1,6 @@
+from dataclasses import replace
+from typing import NamedTuple
+
 import pytest
 import torch
 from _tasks import make_task
@@ -73,3 +76,48 @@ def test_load_task_targets(tmp_path):
         load_task("no_such_pkg.mod:x")
     with pytest.raises(autoclip.TaskError, match="no bundled study"):
         load_task("no_such_study")
+
+
+def _task(**kw):
+    return Task(
+        model_fn=lambda: nn.Linear(2, 1),
+        optimizer_fn=lambda p: torch.optim.SGD(p, lr=0.1),
+        loss_fn=lambda m, b: m(b).sum(),
+        batches=[torch.ones(1, 2)],
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("device", "gpu0"),
+        ("autocast_dtype", torch.float32),
+        ("grad_scaler", "yes"),
+        ("accumulation_steps", 0),
+    ],
+)
+def test_bad_training_setup_fields_name_the_field(field, value):
+    with pytest.raises(autoclip.TaskError, match=f"Task.{field}"):
+        _task(**{field: value})
+
+
+def test_batches_are_moved_to_the_device_and_the_loss_runs_under_autocast():
+    from autoclip.task import move_to
+
+    class Pair(NamedTuple):
+        x: torch.Tensor
+        y: list
+
+    batch = {"a": Pair(torch.ones(2), [torch.zeros(1), 3]), "b": "text"}
+    moved = move_to(batch, "cpu")
+    assert isinstance(moved["a"], Pair) and moved["a"].y[1] == 3 and moved["b"] == "text"
+    assert moved["a"].x is batch["a"].x  # already there: no copy
+    task = _task(autocast_dtype=torch.bfloat16, device="cpu")
+    model, _ = task.build()
+    seen = []
+    spy = replace(task, loss_fn=lambda m, b: seen.append(m(b).dtype) or m(b).sum())
+    spy.compute_loss(model, torch.ones(1, 2))
+    assert seen == [torch.bfloat16]
+    assert task.make_scaler() is None
+    assert isinstance(_task(grad_scaler=True).make_scaler(), torch.amp.GradScaler)

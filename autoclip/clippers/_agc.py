@@ -41,6 +41,9 @@ class AGC(BaseClipper):
     [0.03, 0.04]
     """
 
+    # Unit norms of sharded weights would need a reduction per unit: not implemented.
+    supports_dtensor = False
+
     def __init__(self, clipping: float = 0.01, eps: float = 1e-3, nonfinite: str = "skip") -> None:
         # 0.01: the paper's value for large batches; smaller batches tolerate larger ratios.
         check_positive("clipping", clipping)
@@ -63,9 +66,10 @@ class AGC(BaseClipper):
     def _clip(self, params, grads, total, finite):
         units, self._units = self._units, None
         if units is None:
-            return self._state["clipping"], torch.zeros((), dtype=torch.bool, device=total.device)
+            none = torch.zeros((), dtype=torch.bool, device=total.device)
+            return self._state["clipping"], none, finite
         skip = self.nonfinite == "skip"
         clipped = F._agc_scale_(
             params, grads, units, self.clipping, self.eps, finite if skip else None
         )
-        return self._state["clipping"], clipped
+        return self._state["clipping"], clipped, finite

@@ -9,10 +9,20 @@ Lifecycle of a clipper:
    and returns a :class:`ClipResult` of tensors: no ``.item()``, no host sync.
 4. ``state_dict()`` / ``load_state_dict()`` carry the adaptive state across a resume.
 
-Non-finite gradients follow ``nonfinite``: ``"skip"`` (default) zeroes the gradients of that
-step and counts it, and adaptive clippers leave their history untouched; ``"raise"`` raises
+Non-finite gradients follow ``nonfinite``: ``"skip"`` (default) skips the step and counts it,
+and adaptive clippers leave their history untouched; ``"raise"`` raises
 :class:`~autoclip.errors.NonFiniteGradientError` (this one check does sync the host, as
-torch's ``error_if_nonfinite`` does).
+torch's ``error_if_nonfinite`` does). Adaptive clippers may also skip norm spikes
+(``spike="skip"``). What a skip does:
+
+* ``clipper(parameters)`` zeroes that step's gradients (it cannot stop the optimizer);
+* ``clipper.attach(optimizer)`` skips the optimizer step itself: weights, moments, step
+  counters and weight decay are left bit-identical (see :mod:`autoclip.clippers._attach`).
+
+Mixed precision: ``clipper(parameters, grad_scale=s, found_inf=f)`` takes gradients still
+multiplied by a loss scale ``s`` (what ``GradScaler`` hands a fused optimizer); the clipper
+measures and clips the unscaled gradients, and a step with ``f > 0`` (the scaler skips it) is
+neither counted nor entered into the adaptive history. ``attach`` passes them by itself.
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ import torch
 from torch import Tensor
 
 from autoclip import functional as F
-from autoclip.errors import ConfigError, NonFiniteGradientError
+from autoclip.errors import ConfigError, NonFiniteGradientError, UnsupportedError
 
 NONFINITE_POLICIES = ("skip", "raise")
+SPIKE_POLICIES = ("clip", "skip")
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,9 @@ class ClipResult:
         threshold: the norm (or, for ``value``/``agc``, the value or ratio) applied (0-dim).
         clipped: whether the gradients were scaled or clamped this step (0-dim bool).
         finite: whether the gradients were finite (0-dim bool); ``False`` means skipped.
+        skipped: whether this step's update is skipped (0-dim bool): non-finite gradients
+            under ``nonfinite="skip"``, a spike under ``spike="skip"``, or a step the
+            GradScaler skips.
 
     >>> import torch
     >>> from autoclip import NormClip
@@ -56,6 +70,7 @@ class ClipResult:
     threshold: Tensor
     clipped: Tensor
     finite: Tensor
+    skipped: Tensor | None = None
 
 
 class BaseClipper(abc.ABC):
@@ -87,6 +102,12 @@ class BaseClipper(abc.ABC):
     name: ClassVar[str] = ""
     #: Whether the threshold adapts to the norms it sees (and so has state to warm-start).
     adaptive: ClassVar[bool] = False
+    #: Whether clipping commutes with scaling every gradient by one factor (norm-based
+    #: clippers): loss-scaled gradients are then measured as they are and only the norm is
+    #: divided by the scale; the others unscale the gradients in place first.
+    scale_invariant: ClassVar[bool] = False
+    #: Whether the clipper handles DTensor (FSDP2) gradients.
+    supports_dtensor: ClassVar[bool] = True
 
     def __init__(self, *, norm_type: float = 2.0, nonfinite: str = "skip") -> None:
         self.norm_type = norm_type
@@ -101,6 +122,7 @@ class BaseClipper(abc.ABC):
             "steps": torch.zeros((), dtype=torch.long),
             "skipped": torch.zeros((), dtype=torch.long),
             "clipped": torch.zeros((), dtype=torch.long),
+            "spikes": torch.zeros((), dtype=torch.long),
         }
         self._state.update(self._initial_state())
 
@@ -116,48 +138,98 @@ class BaseClipper(abc.ABC):
     @abc.abstractmethod
     def _clip(
         self, params: list[Tensor], grads: list[Tensor], total: Tensor, finite: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Clip ``grads`` in place; return ``(threshold, clipped)`` as tensors."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Clip ``grads`` in place (zero them where the step is skipped); return
+        ``(threshold, clipped, keep)`` as tensors, ``keep`` False for a skipped step
+        (``(threshold, clipped)`` is accepted too: then ``keep`` is ``finite``)."""
+
+    @property
+    def may_skip(self) -> bool:
+        """Whether this clipper can ask for a step to be skipped (so ``attach`` guards it)."""
+        return self.nonfinite == "skip" or getattr(self, "spike", "clip") == "skip"
 
     # -- the contract ------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, parameters: Tensor | Iterable[Tensor]) -> ClipResult:
+    def __call__(
+        self,
+        parameters: Tensor | Iterable[Tensor],
+        *,
+        grad_scale: Tensor | None = None,
+        found_inf: Tensor | None = None,
+    ) -> ClipResult:
+        """Clip the gradients of ``parameters`` in place.
+
+        Args:
+            grad_scale: the loss scale the gradients still carry (a fused optimizer's
+                ``optimizer.grad_scale`` under ``GradScaler``); the unscaled gradients are
+                measured and clipped. Norm-based clippers leave the gradients scaled (the fused
+                step unscales them); the others unscale them in place (see ``unscaled_``).
+            found_inf: the scaler's ``found_inf``; a step with ``found_inf > 0`` is skipped by
+                the scaler and is neither counted nor entered into the history.
+        """
         params, grads = F.grads_of(parameters)
+        if not self.supports_dtensor and any(F._is_dtensor(g) for g in grads):
+            raise UnsupportedError(
+                f"{type(self).__name__} does not support DTensor (FSDP2) gradients; use "
+                "NormClip, ValueClip, QuantileClip or ZScoreClip"
+            )
+        #: whether this call divided the gradients by ``grad_scale`` in place
+        self.unscaled_ = False
+        if grad_scale is not None and not self.scale_invariant and grads:
+            F.scale_(grads, grad_scale.reciprocal())
+            self.unscaled_, grad_scale = True, None
         total = self._total_norm(grads)
+        if grad_scale is not None:
+            total = total / grad_scale.to(device=total.device, dtype=total.dtype)
         self._to(total.device)
         # A norm is >= 0 or NaN, so one comparison is isfinite (which costs four small ops).
         finite = total < math.inf
-        if self.nonfinite == "raise" and not bool(finite):
-            raise NonFiniteGradientError(
-                f"the total norm of order {self.norm_type} of the gradients is non-finite "
-                f"({total.item()}); fix the loss or learning rate, or set nonfinite='skip' to "
-                "zero such steps instead"
-            )
-        threshold, clipped = self._clip(params, grads, total, finite)
-        if self.nonfinite == "skip":
+        counted = None if found_inf is None else found_inf.to(total.device) <= 0
+        if self.nonfinite == "raise":
+            bad = ~finite if counted is None else ~finite & counted
+            if bool(bad):
+                raise NonFiniteGradientError(
+                    f"the total norm of order {self.norm_type} of the gradients is non-finite "
+                    f"({total.item()}); fix the loss or learning rate, or set nonfinite='skip' "
+                    "to skip such steps instead"
+                )
+        if counted is not None:
+            finite = finite & counted
+        out = self._clip(params, grads, total, finite)
+        # (threshold, clipped) from a subclass written before skip policies: keep = finite.
+        threshold, clipped, keep = out if len(out) == 3 else (*out, finite)
+        if self.nonfinite == "skip" or counted is not None:
             F.zero_nonfinite_(grads, finite)
-        clipped = clipped & finite
+        skipped = ~keep
+        clipped = clipped & keep
         st = self._state
-        st["steps"] += 1
-        st["skipped"] += ~finite
+        if counted is None:
+            st["steps"] += 1
+            st["skipped"] += skipped
+        else:
+            st["steps"] += counted
+            st["skipped"] += skipped & counted
         st["clipped"] += clipped
-        result = ClipResult(total, threshold, clipped, finite)
+        st["spikes"] += skipped & finite  # finite but skipped: a spike under spike="skip"
+        result = ClipResult(total, threshold, clipped, finite, skipped)
         self.last_result_ = result
         return result
 
     def attach(self, optimizer: torch.optim.Optimizer) -> torch.utils.hooks.RemovableHandle:
         """Clip the optimizer's parameters before every ``optimizer.step()``.
 
-        Uses ``Optimizer.register_step_pre_hook``; call ``.remove()`` on the returned handle
-        to detach. With ``torch.amp.GradScaler``, ``scaler.step(optimizer)`` unscales before
-        the step, so the clipper measures true (unscaled) gradients; a step the scaler skips
-        for inf/NaN is not seen at all. The latest result is kept in ``last_result_``.
+        Uses ``Optimizer.register_step_pre_hook`` (and a post hook when a skip policy is on);
+        call ``.remove()`` on the returned handle to detach. A skipped step (non-finite under
+        ``nonfinite="skip"``, a spike under ``spike="skip"``) leaves the optimizer's weights
+        and state bit-identical. With ``torch.amp.GradScaler``: for a plain or foreach
+        optimizer ``scaler.step(optimizer)`` unscales before the step, and a step the scaler
+        skips is not seen at all; for a fused optimizer the clipper reads the
+        ``grad_scale``/``found_inf`` the scaler hands it and measures unscaled norms. The
+        latest result is kept in ``last_result_``.
         """
+        from autoclip.clippers._attach import attach
 
-        def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            self([p for group in opt.param_groups for p in group["params"]])
-
-        return optimizer.register_step_pre_hook(hook)
+        return attach(self, optimizer)
 
     def warm_start(self, norms: Sequence[float] | Tensor) -> BaseClipper:
         """Feed previously observed total norms through the adaptive state (no clipping).
@@ -169,11 +241,12 @@ class BaseClipper(abc.ABC):
         values = torch.as_tensor(norms, dtype=torch.float32).flatten()
         device = self._state["steps"].device
         for v in values.to(device):
-            self._observe(v, torch.isfinite(v))
+            self._observe(v, torch.isfinite(v))  # a warm-start norm is never a skipped spike
         return self
 
-    def _observe(self, total: Tensor, finite: Tensor) -> Tensor:
-        """Update adaptive state with one total norm; return the threshold for that step."""
+    def _observe(self, total: Tensor, finite: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Update adaptive state with one total norm; return ``(threshold, spike)`` for that
+        step, ``spike`` a bool tensor (a spike to skip under ``spike="skip"``) or None."""
         raise NotImplementedError
 
     # -- state -------------------------------------------------------------------------------
@@ -184,8 +257,13 @@ class BaseClipper(abc.ABC):
 
     @property
     def skipped(self) -> Tensor:
-        """Number of steps whose gradients were non-finite and were zeroed (tensor)."""
+        """Number of skipped steps: non-finite, or spikes under ``spike="skip"`` (tensor)."""
         return self._state["skipped"]
+
+    @property
+    def spikes(self) -> Tensor:
+        """Number of steps skipped as spikes (``spike="skip"``; tensor)."""
+        return self._state["spikes"]
 
     @property
     def clipped(self) -> Tensor:
@@ -241,22 +319,31 @@ class NormBasedClipper(BaseClipper):
     Subclasses only decide the threshold, in :meth:`_observe`, from the total norm.
     """
 
+    scale_invariant = True
+
     def _clip(self, params, grads, total, finite):
-        threshold = self._observe(total, finite)
-        return threshold, self._scale_to(grads, total, finite, threshold)
+        threshold, spike = self._observe(total, finite)
+        keep = finite if spike is None else finite & ~spike
+        return threshold, self._scale_to(grads, total, keep, threshold), keep
 
     def _scale_to(
-        self, grads: list[Tensor], total: Tensor, finite: Tensor, max_norm: Tensor | float
+        self, grads: list[Tensor], total: Tensor, keep: Tensor, max_norm: Tensor | float
     ) -> Tensor:
         """Scale ``grads`` by ``min(1, max_norm / (total + 1e-6))`` (0 for a skipped step);
         return whether that scaled them down."""
         coef = F.norm_clip_coef(total, max_norm)
         clipped = coef < 1.0
-        if self.nonfinite == "skip":
-            coef = torch.where(finite, coef, 0.0)
+        if self.may_skip:
+            coef = torch.where(keep, coef, 0.0)
         if grads:
             F.scale_(grads, coef)
         return clipped
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Raise a ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"`{name}` must be one of {choices}, but got {value!r}")
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -40,12 +40,13 @@ class NormClip(NormBasedClipper):
         # then a multiply, in the norm's dtype); passing the float, not a tensor, keeps the
         # clipped gradients bit-identical to clip_grad_norm_ in every dtype.
         clipped = self._scale_to(grads, total, finite, float(self.max_norm))
-        return self._state["max_norm"].to(total.dtype), clipped
+        return self._state["max_norm"].to(total.dtype), clipped, finite
 
 
 def _on_host(grads: list[torch.Tensor]) -> bool:
-    """Whether every gradient is in host memory (where per-tensor loops and branches are free)."""
-    return all(g.is_cpu for g in grads)
+    """Whether every gradient is a plain tensor in host memory (where per-tensor loops and
+    branches are free)."""
+    return all(g.is_cpu and not F._is_dtensor(g) for g in grads)
 
 
 @register_clipper("value", "clamp every gradient element to [-clip_value, clip_value]")
@@ -85,7 +86,9 @@ class ValueClip(BaseClipper):
         # torch's grouping, so the norms stack in get_total_norm's order: a bit-identical total.
         for [group], _ in _group_tensors_by_device_and_dtype([grads]).values():
             for g in group:
-                norms.append(torch.linalg.vector_norm(g, self.norm_type))
+                # Half precision is measured in float32, as F.total_norm does.
+                acc = torch.float32 if g.dtype in F.LOW_PRECISION else None
+                norms.append(torch.linalg.vector_norm(g, self.norm_type, dtype=acc))
                 # aminmax: vector_norm(ord=inf) is ~20x slower on CPU.
                 extremes.extend(torch.aminmax(g))
                 if fuse:
@@ -99,18 +102,18 @@ class ValueClip(BaseClipper):
         extremes, self._extremes = self._extremes, None
         skip = self.nonfinite == "skip"
         if not grads:
-            return threshold, torch.zeros((), dtype=torch.bool, device=total.device)
+            return threshold, torch.zeros((), dtype=torch.bool, device=total.device), finite
         if extremes is None:  # an accelerator: foreach kernels, no per-tensor launches
             clipped = F.total_norm(grads, math.inf) > v
             torch._foreach_clamp_min_(grads, -v)
             torch._foreach_clamp_max_(grads, v)
             if skip:  # zero a non-finite step without a sync; zero_nonfinite_ clears NaN
                 F.scale_(grads, finite.to(total.dtype))
-            return threshold, clipped
+            return threshold, clipped, finite
         clipped = torch.stack(extremes).abs().max() > v
         if not skip:
             for g in grads:
                 g.clamp_(-v, v)
         elif not bool(finite):  # on the host this check is free
             torch._foreach_zero_(grads)
-        return threshold, clipped
+        return threshold, clipped, finite

@@ -15,6 +15,12 @@ per-step cost does not grow with t:
 
 ``quantile`` is the fraction of steps meant to pass unclipped: AutoClip's recommended
 10th percentile is ``quantile=0.1``.
+
+Spikes: with ``spike="skip"``, a norm above ``spike_factor`` times the threshold of the
+history so far is a spike: the step is skipped (``attach`` leaves the optimizer untouched)
+and the norm never enters the history, so one outlier cannot raise the threshold it is judged
+by. Norms between the threshold and that bound are clipped as usual. ``spike="clip"``
+(default) clips every step to the threshold, spikes included.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ import math
 
 import torch
 
-from autoclip.clippers._base import NormBasedClipper, check_fraction, check_positive
+from autoclip.clippers._base import (
+    SPIKE_POLICIES,
+    NormBasedClipper,
+    check_choice,
+    check_fraction,
+    check_positive,
+)
 from autoclip.clippers._registry import register_clipper
 from autoclip.errors import ConfigError
 
@@ -65,6 +77,8 @@ class QuantileClip(NormBasedClipper):
         lr: float = 0.2,
         norm_type: float = 2.0,
         nonfinite: str = "skip",
+        spike: str = "clip",
+        spike_factor: float = 3.0,
     ) -> None:
         # 0.9: clip only the top tenth of steps, the conservative end of AutoClip's range.
         check_fraction("quantile", quantile)
@@ -73,6 +87,12 @@ class QuantileClip(NormBasedClipper):
         if method not in METHODS:
             raise ConfigError(f"`method` must be one of {METHODS}, but got {method!r}")
         check_positive("lr", lr)
+        check_choice("spike", spike, SPIKE_POLICIES)
+        # 3x the threshold: far outside the spread of ordinary steps, where an update is more
+        # likely a bad batch than signal (only used with spike="skip").
+        check_positive("spike_factor", spike_factor)
+        self.spike = spike
+        self.spike_factor = spike_factor
         self.quantile = quantile
         self.window = window
         self.method = method
@@ -93,19 +113,27 @@ class QuantileClip(NormBasedClipper):
     def _observe(self, total, finite):
         st = self._state
         x = total.to(torch.float32)
+        skip_spikes = self.spike == "skip"
         if self.method == "window":
             buf, pos = st["buffer"], st["pos"]  # pos: [1], the slot the next norm goes to
+            spike = None
+            if skip_spikes:  # judged against the history so far (NaN while empty: no spike)
+                spike = x > self.spike_factor * torch.nanquantile(buf, self.quantile)
+                finite = finite & ~spike
             buf.index_copy_(0, pos, torch.where(finite, x, buf.index_select(0, pos)))
             st["pos"] = (pos + finite) % self.window
             threshold = torch.nanquantile(buf, self.quantile)
         else:
             c = st["threshold"]
+            spike = (x > self.spike_factor * c) if skip_spikes else None  # NaN C: no spike
+            if spike is not None:
+                finite = finite & ~spike
             threshold = torch.where(torch.isnan(c), x, c)  # first finite norm seeds C
             # exp(-lr * (b - quantile)) takes one of two values: pick it instead of computing it.
             down, up = self._factors
             updated = threshold * torch.where(x <= threshold, down, up)
             st["threshold"] = torch.where(finite, updated, c)
-        return threshold.to(total.dtype)
+        return threshold.to(total.dtype), spike
 
     def warm_start(self, norms):
         """Window: fill the buffer with the last ``window`` finite norms. Stream: start C at

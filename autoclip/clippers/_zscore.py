@@ -13,6 +13,12 @@ The EMA is then updated with the *clipped* norm (so a spike does not inflate the
 ``mu <- alpha mu + (1 - alpha) n``; ``sigma^2 <- alpha sigma^2 + (1 - alpha)(n - mu)^2``.
 When no spike, the reported threshold is the spike bound ``mu + z_thresh sigma``; during
 warm-up it is ``inf``.
+
+With ``spike="skip"`` a spike is not clipped but skipped (``attach`` leaves the optimizer
+untouched), and it does not enter the EMA at all (axolotl's and llm.c's guard). The state is
+float32 (MPS has no float64): the variance is updated as ``var + w (g d^2 - var)`` from the
+deviation ``d``, never as a difference of large second moments, so it keeps ~7 significant
+digits whatever the scale of the norms.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ import math
 
 import torch
 
-from autoclip.clippers._base import NormBasedClipper, check_fraction, check_positive
+from autoclip.clippers._base import (
+    SPIKE_POLICIES,
+    NormBasedClipper,
+    check_choice,
+    check_fraction,
+    check_positive,
+)
 from autoclip.clippers._registry import register_clipper
 from autoclip.errors import ConfigError
 
@@ -64,6 +76,7 @@ class ZScoreClip(NormBasedClipper):
         clip_option: str = "adaptive_scaling",
         norm_type: float = 2.0,
         nonfinite: str = "skip",
+        spike: str = "clip",
     ) -> None:
         # Defaults are ZClip's published ones.
         check_positive("z_thresh", z_thresh)
@@ -74,6 +87,8 @@ class ZScoreClip(NormBasedClipper):
             raise ConfigError(
                 f"`clip_option` must be one of {CLIP_OPTIONS}, but got {clip_option!r}"
             )
+        check_choice("spike", spike, SPIKE_POLICIES)
+        self.spike = spike
         self.z_thresh = z_thresh
         self.alpha = alpha
         self.warmup_steps = warmup_steps
@@ -82,7 +97,7 @@ class ZScoreClip(NormBasedClipper):
         super().__init__(norm_type=norm_type, nonfinite=nonfinite)
 
     def _initial_state(self):
-        zero = torch.zeros((), dtype=torch.float64)  # float64: variances of small norms
+        zero = torch.zeros((), dtype=torch.float32)
         return {
             "count": torch.zeros((), dtype=torch.long),  # finite norms seen
             "mean": zero.clone(),
@@ -108,7 +123,7 @@ class ZScoreClip(NormBasedClipper):
                 [1 / k, (k - 1) / k, math.inf, math.inf] for k in range(1, self.warmup_steps + 1)
             ]
             rows.append([1 - self.alpha, self.alpha**2, self.z_thresh, 0.0])
-            table = torch.tensor(rows, dtype=torch.float64, device=device)
+            table = torch.tensor(rows, dtype=torch.float32, device=device)
             self._table = table
         return table
 
@@ -123,7 +138,7 @@ class ZScoreClip(NormBasedClipper):
 
     def _observe(self, total, finite):
         st = self._state
-        x = total.to(torch.float64)
+        x = total.to(torch.float32)
         table = self._coefficients(x.device)
         # index_select, not table[count]: indexing with a 0-dim tensor calls .item() (a sync).
         row = table.index_select(0, st["count"].clamp(max=self.warmup_steps).view(1))
@@ -140,7 +155,9 @@ class ZScoreClip(NormBasedClipper):
             target = mean
         threshold = torch.where(spike, target, bound)
         d = torch.minimum(x, threshold) - mean  # the EMA sees the clipped norm
+        if self.spike == "skip":  # ...or, when spikes are skipped, nothing of them
+            finite = finite & ~spike
         st["mean"] = torch.where(finite, torch.addcmul(mean, w, d), mean)
         st["var"] = torch.where(finite, torch.lerp(var, g * d * d, w), var)
         st["count"] += finite
-        return threshold.to(total.dtype)
+        return threshold.to(total.dtype), (spike if self.spike == "skip" else None)
