@@ -90,12 +90,16 @@ def stats_markdown(stats: GradStats) -> str:
     lines.append(
         markdown_table(
             ["", "p50", "p75", "p90", "p95", "p99", "max"],
-            [
-                ["all steps", s.p50, s.p75, s.p90, s.p95, s.p99, s.max],
-                [f"settled (step {s.settle_step}+)", *_pcts(s.settled)],
-                ["normal regime", *_pcts(s.normal)],
-                ["abs(g) elements", *_pcts(s.values)],
-                ["AGC unit ratios", *_pcts(s.agc_ratios)],
+            [  # a row with no finite value (e.g. nothing sampled before an early stop) is left out
+                row
+                for row in [
+                    ["all steps", s.p50, s.p75, s.p90, s.p95, s.p99, s.max],
+                    [f"settled (step {s.settle_step}+)", *_pcts(s.settled)],
+                    ["normal regime", *_pcts(s.normal)],
+                    ["abs(g) elements", *_pcts(s.values)],
+                    ["AGC unit ratios", *_pcts(s.agc_ratios)],
+                ]
+                if any(math.isfinite(v) for v in row[1:])
             ],
         )
     )
