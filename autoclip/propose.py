@@ -53,8 +53,8 @@ from torch import nn
 
 from autoclip.clippers import BaseClipper, create_clipper, list_clippers
 from autoclip.errors import ConfigError
-from autoclip.probe import GradTrace, _decode_floats, _encode, _tuples, probe
-from autoclip.response import CANDIDATES, EXTEND, ResponseCurve, measure_response
+from autoclip.probe import GradTrace, _decode_floats, _encode, _get_rng, _set_rng, _tuples, probe
+from autoclip.response import RACES, ResponseCurve, measure_response
 from autoclip.stats import GradStats, compute_stats
 
 __all__ = ["Candidate", "Proposal", "SearchSpace", "propose", "suggest"]
@@ -65,7 +65,7 @@ ZSCORE_ALPHA = 0.97
 ZSCORE_WARMUP = 25
 # Optimizer steps of suggest() in all: small enough to call before every training run.
 BUDGET = 500
-MIN_RACE_BUDGET = CANDIDATES + EXTEND  # one step per race at least
+MIN_RACE_BUDGET = RACES  # one step per race at least
 
 
 @dataclass(frozen=True)
@@ -341,17 +341,35 @@ def _measured(base: Proposal, st: GradStats, r: ResponseCurve, steps_spent: int)
             else ""
         ),
     )
-    stat_value = base.candidate("value").params["clip_value"]
-    stat_agc = base.candidate("agc").params["clipping"]
     how = (
         ""
         if scale == 1.0
         else f", times {_fmt(_sig(scale))} (the measured max_norm / the median norm)"
     )
-    value = Candidate(
-        "value", {"clip_value": _sig(stat_value * scale)}, base.candidate("value").reason + how
-    )
-    agc = Candidate("agc", {"clipping": _sig(stat_agc * scale)}, base.candidate("agc").reason + how)
+    if math.isfinite(st.values.p99) and st.values.p99 > 0:
+        value = Candidate(
+            "value",
+            {"clip_value": _sig(st.values.p99 * scale)},
+            base.candidate("value").reason + how,
+        )
+    else:
+        value = Candidate(
+            "value",
+            {"clip_value": c},
+            "no |g| elements were sampled (the warm-up stopped early): the measured max_norm",
+        )
+    if math.isfinite(st.agc_ratios.p90) and st.agc_ratios.p90 > 0:
+        agc = Candidate(
+            "agc",
+            {"clipping": _sig(st.agc_ratios.p90 * scale)},
+            base.candidate("agc").reason + how,
+        )
+    else:
+        agc = Candidate(
+            "agc",
+            {"clipping": 0.01},
+            "no unit ratios were sampled (the warm-up stopped early): the NFNets value 0.01",
+        )
     order = STRATEGIES
     space = _space(st, c, value.params["clip_value"], q, z, agc.params["clipping"], order)
     # The races' divergences and spikes are in describe(); the notes add where the choice sits.
@@ -566,17 +584,21 @@ def suggest(
         )
     if isinstance(batches, Iterator):  # read once: keep what both parts need
         batches = list(itertools.islice(batches, max(steps, race_budget)))
-    trace = probe(model, optimizer, loss_fn, batches, steps, **probe_kw)
-    stats = compute_stats(trace)
-    progress = probe_kw.get("progress")
-    curve = measure_response(
-        model,
-        optimizer,
-        loss_fn,
-        batches,
-        anchor_norm(stats),
-        budget=race_budget,
-        scaler=probe_kw.get("scaler"),
-        progress=None if progress is None else (lambda done, total: progress(steps + done, budget)),
-    )
+    rng = _get_rng(set())  # the statistics' first import of scikit-learn draws from `random`
+    try:
+        trace = probe(model, optimizer, loss_fn, batches, steps, **probe_kw)
+        stats = compute_stats(trace)
+        progress = probe_kw.get("progress")
+        curve = measure_response(
+            model,
+            optimizer,
+            loss_fn,
+            batches,
+            anchor_norm(stats),
+            budget=race_budget,
+            scaler=probe_kw.get("scaler"),
+            progress=None if progress is None else (lambda done, _: progress(steps + done, budget)),
+        )
+    finally:
+        _set_rng(rng)
     return propose(stats, curve)

@@ -27,7 +27,9 @@ threshold whose score is within ``TIE`` of the best one's progress (``(first - b
 a short race favours large steps (as in ``lr_find``, where the minimum of the curve is too
 high a learning rate), and a threshold that is as good over the race while clipping harder
 is the safer one over a whole run. When the lowest candidate wins, or every race diverges,
-the ladder is extended downwards while the budget allows.
+the ladder is extended one rung down (every race diverged: a decade down, again, while the
+budget lasts; a diverged race stops within a few steps); then one more race halfway (in log)
+between the choice and the rung below it refines the answer to a factor of 10**0.25 = 1.8.
 
 Afterwards the caller's model, optimizer, ``GradScaler`` and random state are restored bit
 for bit, whatever happened in the races.
@@ -63,12 +65,16 @@ __all__ = ["ResponseCurve", "ladder", "measure_response"]
 CANDIDATES = 6
 LOW_EXPONENT = -4  # in half decades from the anchor
 STEP = 10**0.5
-EXTEND = 1  # extra rung below the ladder when its lowest rung wins (or all diverge)
+EXTEND = 1  # budgeted rungs below the ladder when its lowest rung wins (or all diverge)
+REFINE = 1  # one race halfway (in log) between the choice and the rung below it
 # A race whose loss passes 4x its first loss is not coming back within a short race.
 DIVERGE_FACTOR = 4.0
 MAX_NONFINITE_IN_ROW = 10
+RACES = CANDIDATES + EXTEND + REFINE  # the budget is shared out between this many races
+MAX_RACES = 3 * RACES  # when races diverge within a few steps, more of them fit the budget
 SYNC_EVERY = 10
 TAIL = 0.25  # the race's "end": its last quarter
+TAIL_MEDIAN = True
 TIE = 0.05  # within 5 % of the best race's progress counts as a tie, and ties go low
 SPIKE_WINDOW = 10
 SPIKE_FACTOR = 2.0
@@ -144,10 +150,16 @@ class ResponseCurve:
         i = self.chosen_index
         c = self.thresholds[i]
         finite = [k for k, s in enumerate(self.scores) if math.isfinite(s)]
+        if not finite:
+            return (
+                f"every one of {len(self.thresholds)} races diverged, down to max_norm "
+                f"{_fmt(self.thresholds[0])}: lower the learning rate"
+            )
         best = min(finite, key=lambda k: self.scores[k])
         parts = [
             f"over {len(self.thresholds)} races of {self.race_steps} steps from the same start, "
-            f"the loss fell {'lowest' if best == i else 'as low (within 5%)'} at max_norm "
+            f"the loss fell {'lowest' if best == i else 'about as low (a tie, within 5%)'} at "
+            f"max_norm "
             f"{_fmt(c)} (last-quarter loss {self.scores[i]:.3g}"
             + (
                 ")"
@@ -177,6 +189,10 @@ def _lists(value: Any) -> Any:
 
 def _fmt(v: float) -> str:
     return f"{v:.2g}"
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.2g}")
 
 
 def ladder(anchor: float, n: int = CANDIDATES, low: int = LOW_EXPONENT) -> list[float]:
@@ -283,11 +299,12 @@ def _score(race: _Race, spikes: list[int]) -> float:
         return math.inf
     x = np.asarray(race.losses, dtype=float)
     tail = x[-max(1, math.ceil(TAIL * len(x))) :]
+    level = float(np.median(tail)) if TAIL_MEDIAN else float(tail.mean())
     penalty = 0.0
     for t in spikes:
         med = float(np.median(x[t - SPIKE_WINDOW : t]))
         penalty += SPIKE_PENALTY * (x[t] - med) / len(x)
-    return float(tail.mean()) + penalty
+    return level + penalty
 
 
 def _choose(thresholds, scores, first_loss) -> int | None:
@@ -296,7 +313,9 @@ def _choose(thresholds, scores, first_loss) -> int | None:
         return None
     best = min(finite, key=lambda i: scores[i])
     progress = max(first_loss - scores[best], 0.0) if math.isfinite(first_loss) else 0.0
-    ok = [i for i in finite if scores[i] <= scores[best] + TIE * progress]
+    # 5 % of the progress made, but never more than 5 % of the loss level itself: a race that
+    # ends 3x higher than the best is no tie, however far both came down.
+    ok = [i for i in finite if scores[i] <= scores[best] + TIE * min(progress, abs(scores[best]))]
     return min(ok, key=lambda i: thresholds[i])
 
 
@@ -321,16 +340,16 @@ def measure_response(
             first ``race_steps`` batches are used by every race (an iterator is read once,
             and the batches kept for the races).
         anchor: the typical gradient norm (the warm-up's median): the ladder's centre.
-        budget: optimizer steps for all races together; each of the ``CANDIDATES`` races
-            (plus up to ``EXTEND`` extra ones) gets ``budget // (CANDIDATES + EXTEND)`` steps.
+        budget: optimizer steps for all races together; each of the at most ``RACES`` races
+            (the ladder, an extension below it, a refinement) gets ``budget // RACES`` steps.
         progress: ``(steps done, budget)`` called after each race.
     """
-    if not (isinstance(budget, int) and budget >= CANDIDATES + EXTEND):
+    if not (isinstance(budget, int) and budget >= RACES):
         raise ConfigError(
-            f"the measurement's `budget` must be an int >= {CANDIDATES + EXTEND} optimizer "
-            f"steps, but got {budget!r}"
+            f"the measurement's `budget` must be an int >= {RACES} optimizer steps (one per "
+            f"race), but got {budget!r}"
         )
-    race_steps = budget // (CANDIDATES + EXTEND)
+    race_steps = budget // RACES
     params = _params_of(optimizer)
     stream = _cycle(batches)
     kept = []
@@ -344,28 +363,36 @@ def measure_response(
     races: dict[float, _Race] = {}
     snapshot = _Snapshot(model, optimizer, scaler, params)
     spent = 0
+
+    def run(thresholds: list[float]) -> int | None:
+        """Race the new ``thresholds``; the index (in ascending order) of the choice so far."""
+        nonlocal spent
+        for c in thresholds:
+            if c in races:
+                continue
+            snapshot.restore()
+            snapshot.suspend_hooks()
+            with torch.enable_grad():
+                races[c] = _race(model, optimizer, loss_fn, kept, params, scaler, c)
+            spent += len(races[c].losses)
+            if progress is not None:
+                progress(spent, budget)
+        ordered = sorted(races)
+        scores = [_score(races[c], _spikes(races[c].losses)) for c in ordered]
+        first = float(np.median([r.losses[0] for r in races.values() if r.losses]))
+        return _choose(ordered, scores, first)
+
     try:
-        candidates = ladder(anchor)
-        extra = 0
-        while True:
-            for c in candidates:
-                if c in races:
-                    continue
-                snapshot.restore()
-                snapshot.suspend_hooks()
-                with torch.enable_grad():
-                    races[c] = _race(model, optimizer, loss_fn, kept, params, scaler, c)
-                spent += len(races[c].losses)
-                if progress is not None:
-                    progress(spent, budget)
-            ordered = sorted(races)
-            scores = [_score(races[c], _spikes(races[c].losses)) for c in ordered]
-            first = float(np.median([r.losses[0] for r in races.values() if r.losses]))
-            pick = _choose(ordered, scores, first)
-            if (pick is not None and pick > 0) or extra >= EXTEND:
+        pick = run(ladder(anchor))
+        # The lowest rung won: one rung lower. Everything diverged: a decade lower, again while
+        # the budget lasts (a diverged race stops within a few steps, so it costs little).
+        while pick is None or pick == 0:
+            if spent + race_steps > budget - REFINE * race_steps or len(races) >= MAX_RACES:
                 break
-            extra += 1  # the lowest rung won, or everything diverged: go one rung lower
-            candidates = [float(f"{ordered[0] / STEP:.2g}")]
+            pick = run([_round(min(races) / (STEP if pick == 0 else STEP**2))])
+        if pick is not None and pick > 0 and spent + race_steps <= budget:  # refine: halfway
+            ordered = sorted(races)
+            pick = run([_round(math.sqrt(ordered[pick - 1] * ordered[pick]))])
     finally:
         snapshot.restore()
     ordered = sorted(races)

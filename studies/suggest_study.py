@@ -127,13 +127,15 @@ def load_cache(path: Path = CACHE) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run(tasks, seeds, steps, jobs, only_suggest, log=print) -> None:
+def run(tasks, seeds, steps, jobs, only_suggest, baselines_only=False, log=print) -> None:
     cache = load_cache()
     todo = []
     for name in tasks:
         for seed in seeds:
             for arm, config in {**arms(), "suggest": None}.items():
                 key = f"{name}|{seed}|{arm}|{steps}"
+                if arm == "suggest" and baselines_only:
+                    continue
                 if arm == "suggest" or (key not in cache and not only_suggest):
                     todo.append((name, seed, arm, config, steps))
     ctx = multiprocessing.get_context("spawn")
@@ -270,12 +272,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="steps per run (default: the task's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--only-suggest", action="store_true", help="rerun the suggest arm only")
+    p.add_argument(
+        "--baselines-only", action="store_true", help="train the grid and baselines only"
+    )
     p.add_argument("--report", action="store_true", help="only rewrite the table from the cache")
     p.add_argument("--out", type=Path, default=RESULTS / "suggest.md")
     args = p.parse_args(argv)
     started = time.time()
     if not args.report:
-        run(args.tasks, args.seeds, args.steps, args.jobs, args.only_suggest)
+        run(args.tasks, args.seeds, args.steps, args.jobs, args.only_suggest, args.baselines_only)
     command = "python -m autoclip_studies.suggest_study " + shlex.join(
         sys.argv[1:] if argv is None else list(argv)
     )
