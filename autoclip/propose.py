@@ -57,7 +57,15 @@ from autoclip.probe import GradTrace, _decode_floats, _encode, _get_rng, _set_rn
 from autoclip.response import RACES, ResponseCurve, measure_response
 from autoclip.stats import GradStats, compute_stats
 
-__all__ = ["Candidate", "Proposal", "SearchSpace", "propose", "suggest"]
+__all__ = [
+    "Candidate",
+    "Proposal",
+    "SearchSpace",
+    "anchor_norm",
+    "propose",
+    "suggest",
+    "suggest_task",
+]
 
 STRATEGIES = ("norm", "value", "quantile", "zscore", "agc")
 # ZClip's published defaults.
@@ -584,11 +592,19 @@ def suggest(
         )
     if isinstance(batches, Iterator):  # read once: keep what both parts need
         batches = list(itertools.islice(batches, max(steps, race_budget)))
+    progress = probe_kw.pop("progress", None)
     rng = _get_rng(set())  # the statistics' first import of scikit-learn draws from `random`
     try:
-        trace = probe(model, optimizer, loss_fn, batches, steps, **probe_kw)
+        trace = probe(
+            model,
+            optimizer,
+            loss_fn,
+            batches,
+            steps,
+            progress=None if progress is None else (lambda done, _: progress(done, budget)),
+            **probe_kw,
+        )
         stats = compute_stats(trace)
-        progress = probe_kw.get("progress")
         curve = measure_response(
             model,
             optimizer,
@@ -602,3 +618,24 @@ def suggest(
     finally:
         _set_rng(rng)
     return propose(stats, curve)
+
+
+def suggest_task(
+    task: Any, steps: int | None = None, *, budget: int = BUDGET, **kw: Any
+) -> Proposal:
+    """:func:`suggest` on a fresh model and optimizer from ``task.build()`` (its own seed).
+
+    ``task`` is a :class:`autoclip.Task` or a target for :func:`autoclip.load_task`; the
+    global random state is restored afterwards. Keyword arguments go to :func:`suggest`.
+    """
+    from autoclip.task import load_task
+
+    task = load_task(task)
+    rng = _get_rng(set())
+    try:
+        model, optimizer = task.build()
+        return suggest(
+            model, optimizer, task.compute_loss, task.batches, steps, budget=budget, **kw
+        )
+    finally:
+        _set_rng(rng)
