@@ -34,7 +34,8 @@ from autoclip.errors import (
     UnsupportedError,
 )
 from autoclip.probe import GradTrace, probe_task
-from autoclip.propose import Candidate, Proposal, SearchSpace, suggest
+from autoclip.propose import Candidate, Proposal, SearchSpace, suggest, suggest_task
+from autoclip.response import ResponseCurve, measure_response
 from autoclip.search import TrialRecord, TuneResult, load_result, suggest_clipper, tune
 from autoclip.stats import GradStats, compute_stats
 from autoclip.task import Task, load_task
@@ -56,6 +57,7 @@ __all__ = [
     "UnsupportedError",
     "NormClip",
     "Proposal",
+    "ResponseCurve",
     "QuantileClip",
     "SearchSpace",
     "StorageError",
@@ -72,6 +74,7 @@ __all__ = [
     "list_clippers",
     "load_result",
     "load_task",
+    "measure_response",
     "objectives",
     "probe",
     "probe_task",
@@ -81,6 +84,7 @@ __all__ = [
     "serialize",
     "suggest",
     "suggest_clipper",
+    "suggest_task",
     "train",
     "tune",
 ]
