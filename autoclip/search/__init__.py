@@ -30,7 +30,6 @@ from autoclip.search._result import (
     choose,
     describe_config,
     load_result,
-    pareto_front,
 )
 from autoclip.search._space import _enqueue_params, suggest_clipper  # noqa: F401 (tests)
 from autoclip.search._storage import open_storage
@@ -43,7 +42,6 @@ __all__ = [
     "describe_config",
     "load_result",
     "open_storage",
-    "pareto_front",
     "suggest_clipper",
     "tune",
 ]
