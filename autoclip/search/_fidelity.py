@@ -11,7 +11,8 @@ Short horizons favour clipping that is too tight: early on, a tight threshold gi
 low curve, and a looser one spikes before it overtakes. Rungs therefore rank on a forecast of
 the loss at full length, not on the loss at the rung: the curve's level (the median of the
 rung's last quarter) carried forward along its trend (the slope of log loss against log step
-over the rung's second half, bounded to [-1, 0.5] so one lucky batch is no power law). In
+over the rung's second half, bounded to [-0.5, 0]: one lucky batch is no power law, and a
+rising curve is judged on its level, never extrapolated up). In
 Pareto mode the rung ranks configurations by non-dominated sorting of (forecast loss, speed so
 far, instability so far) — Optuna does not prune multi-objective studies — and breaks ties
 within a front by the distance to the ideal point, as the final choice does.
@@ -30,6 +31,8 @@ from autoclip.objectives import SPIKE_FACTOR
 ETA = 3  # keep a third at each rung
 RUNGS = 2  # rungs before full length: steps/9 and steps/3
 SYNC = 10  # training.train reports a loss every 10 steps; rungs fall on those points
+MIN_TREND_POINTS = 4  # fewer points in a rung's second half: batch noise, not a trend
+MIN_SLOPE = -0.5  # steepest trend credited: loss ~ step^-0.5 (a steeper fit is noise)
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,10 @@ def forecast(curve: Sequence[tuple[int, float]], steps: int) -> float:
         return math.inf
     level = float(np.median(y[-max(1, len(y) // 4) :]))
     half = len(y) // 2
-    if level <= 0 or len(y) - half < 3 or np.any(y[half:] <= 0):
+    if level <= 0 or len(y) - half < MIN_TREND_POINTS or np.any(y[half:] <= 0):
         return level
     slope = float(np.polyfit(np.log(t[half:]), np.log(y[half:]), 1)[0])
-    slope = min(max(slope, -1.0), 0.5)
+    slope = min(max(slope, MIN_SLOPE), 0.0)
     return level * (steps / t[-1]) ** slope
 
 
