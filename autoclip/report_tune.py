@@ -152,7 +152,11 @@ def plot_tune(result: TuneResult, path: str | Path | None = None) -> Any:
     fig = _figure_class()(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     front = {t.number for t in result.pareto}
-    done = [t for t in result.trials if t.values is not None and t.state == "COMPLETE"]
+    done = [
+        t
+        for t in result.trials
+        if t.values is not None and t.state == "COMPLETE" and all(map(math.isfinite, t.values))
+    ]
     for ax, j, xlabel in (
         (axes[0], 1, "speed (loss-curve area / initial loss)"),
         (axes[1], 2, "instability (loss-spike fraction)"),
@@ -174,7 +178,8 @@ def plot_tune(result: TuneResult, path: str | Path | None = None) -> Any:
             )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("final loss")
-        ax.set_yscale("log")
+        if done and all(t.values[0] > 0 for t in done):
+            ax.set_yscale("log")
     if result.chosen is not None:
         axes[0].legend(fontsize=7)
     fig.suptitle(

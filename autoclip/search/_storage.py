@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import threading
 import warnings
 
+import filelock
 import optuna
 from optuna.storages import RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
 from autoclip.errors import StorageError
@@ -60,54 +61,30 @@ def open_storage(
     path = os.path.abspath(storage)
     if not os.path.isdir(os.path.dirname(path)):
         raise StorageError(f"cannot create storage file {storage!r}: its folder does not exist")
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    lock = _FlockLock(path) if _FlockLock.available else JournalFileOpenLock(path)
-    backend = JournalFileBackend(path, lock_obj=lock)
+    backend = JournalFileBackend(path, lock_obj=_FlockLock(path))
     return optuna.storages.JournalStorage(backend)
 
 
 class _FlockLock:
-    """The journal file's write lock, held with flock(2) on ``<path>.flock``.
+    """The journal file's write lock (the acquire/release pair Optuna's journal file calls):
+    ``filelock.FileLock`` on ``<path>.flock``.
 
-    The kernel drops the lock when its process dies, so a worker killed while writing does
-    not hold up the others; Optuna's lock files are broken only after a 30 s grace period.
-    Journal files are for one machine (local disks), where flock is reliable.
+    On POSIX that is flock(2), which the kernel drops when its process dies, so a worker
+    killed while writing does not hold up the others (Optuna's own lock files are broken only
+    after a 30 s grace period). It excludes the threads of one process too, each thread
+    taking it through a descriptor of its own. Journal files are for one machine (local
+    disks), where flock is reliable.
     """
 
-    available = importlib.util.find_spec("fcntl") is not None  # POSIX; else Optuna's lock
-
     def __init__(self, path: str) -> None:
-        self._path = path + ".flock"
-        self._thread_lock = threading.Lock()  # flock excludes processes, this threads
-        self._fd: int | None = None
+        self._lock = filelock.FileLock(path + ".flock")
 
     def acquire(self) -> bool:
-        import fcntl
-
-        self._thread_lock.acquire()
-        fd = -1
-        try:
-            fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            self._thread_lock.release()
-            raise
-        self._fd = fd
+        self._lock.acquire(poll_interval=0.002)  # writes take milliseconds: poll as often
         return True
 
     def release(self) -> None:
-        import fcntl
-
-        fd, self._fd = self._fd, None
-        try:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-        finally:
-            self._thread_lock.release()
+        self._lock.release()
 
 
 def _with_driver(url: str) -> str:
