@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from autoclip.errors import ConfigError
 
-__all__ = ["decode_float", "dumps", "encode", "from_plain", "loads", "to_plain"]
+__all__ = ["decode", "decode_float", "dumps", "encode", "from_plain", "loads", "to_plain"]
 
 T = TypeVar("T")
 
@@ -189,6 +189,15 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be {hint.__name__}, but got {_short(value)}")
         return value
     return value
+
+
+def decode(value: Any) -> Any:
+    """The inverse of :func:`encode` for untyped data (lists and dicts stay lists and dicts).
+
+    >>> decode({"loss": "NaN", "rungs": [[10, "Infinity"]]})
+    {'loss': nan, 'rungs': [[10, inf]]}
+    """
+    return _decode_any(value)
 
 
 def _decode_any(value: Any) -> Any:
