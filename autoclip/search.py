@@ -168,14 +168,9 @@ def open_storage(
                 f"cannot open storage {_redact(storage)}: {first}; check the host, port, "
                 "database name and credentials"
             ) from None
-    path = os.path.abspath(storage)
-    if not os.path.isdir(os.path.dirname(path)):
-        raise StorageError(f"cannot create storage file {storage!r}: its folder does not exist")
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    from autoclip._search_journal import JournalFile
 
-    lock = _FlockLock(path) if _FlockLock.available else JournalFileOpenLock(path)
-    backend = JournalFileBackend(path, lock_obj=lock)
-    return optuna.storages.JournalStorage(backend)
+    return optuna.storages.JournalStorage(JournalFile(storage))
 
 
 class _FlockLock:
@@ -607,6 +602,8 @@ def _run_worker(
         if waiting or len(counted) < n_trials:
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,))
+            except AssertionError as exc:
+                raise _storage_failure(exc) from None
             except KeyboardInterrupt:
                 # Optuna has marked the trial failed; the budget is the user's, not the
                 # interrupt's, so the next run retries it with the same parameters.
@@ -617,6 +614,21 @@ def _run_worker(
             time.sleep(poll)  # wait for other workers' last trials (or for them to go stale)
         else:
             return
+
+
+def _storage_failure(exc: BaseException) -> BaseException:
+    """The storage error behind ``exc``, else ``exc``.
+
+    When writing a trial's result fails (a full disk), Optuna's trial loop raises
+    ``AssertionError("Should not reach.")`` from its ``finally`` block, hiding the error;
+    the error is still the assertion's context.
+    """
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, StorageError):
+            return seen
+        seen = seen.__context__
+    return exc
 
 
 def _worker_process(
