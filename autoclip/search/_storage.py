@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 import warnings
 
 import filelock
 import optuna
 from optuna.storages import RetryFailedTrialCallback
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
 from autoclip.errors import StorageError
@@ -58,11 +56,10 @@ def open_storage(
                 f"cannot open storage {_redact(storage)}: {first}; check the host, port, "
                 "database name and credentials"
             ) from None
-    path = os.path.abspath(storage)
-    if not os.path.isdir(os.path.dirname(path)):
-        raise StorageError(f"cannot create storage file {storage!r}: its folder does not exist")
-    backend = JournalFileBackend(path, lock_obj=_FlockLock(path))
-    return optuna.storages.JournalStorage(backend)
+    # issue-15's journal: a torn tail repaired, a full disk undone, a non-journal refused
+    from autoclip._search_journal import JournalFile
+
+    return optuna.storages.JournalStorage(JournalFile(storage))
 
 
 class _FlockLock:

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoclip import serialize
+from autoclip.errors import StorageError
 from autoclip.objectives import evaluate
 from autoclip.propose import Proposal
 from autoclip.search._bracket import Bracket, Interrupted
@@ -192,6 +193,8 @@ def _run_worker(
             if not plan.rungs:
                 try:
                     study.optimize(lambda t: objective(t, None), n_trials=1, catch=(Exception,))
+                except AssertionError as exc:
+                    raise _storage_failure(exc) from None
                 except KeyboardInterrupt:
                     requeue_interrupted()
                     raise
@@ -230,7 +233,7 @@ def _run_bracket(study: optuna.Study, objective, size: int) -> None:
         while t.is_alive():
             t.join(0.2)  # a timeout, so that Ctrl-C reaches the handler in the main thread
     if errors:
-        raise errors[0]
+        raise _storage_failure(errors[0])
 
 
 @contextlib.contextmanager
@@ -265,3 +268,18 @@ def _worker_process(
     store = open_storage(storage, heartbeat_interval=heartbeat)
     study, proposal, settings = _load_study(store, study_name, worker=worker, seed=seed)
     _run_worker(study, store, task, proposal, settings, n_trials, share=share)
+
+
+def _storage_failure(exc: BaseException) -> BaseException:
+    """The storage error behind ``exc``, else ``exc`` (ported from issue-15's search.py).
+
+    When writing a trial's result fails (a full disk), Optuna's trial loop raises
+    ``AssertionError("Should not reach.")`` from its ``finally`` block, hiding the error;
+    the error is still the assertion's context.
+    """
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, StorageError):
+            return seen
+        seen = seen.__context__
+    return exc
