@@ -1,7 +1,5 @@
 """AutoClipCallback inside a real lightning.pytorch Trainer (CPU, a tiny model, seconds)."""
 
-import math
-
 import pytest
 import torch
 from torch import nn
