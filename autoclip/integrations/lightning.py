@@ -143,6 +143,7 @@ class AutoClipCallback(pl.Callback):
 
     # -- the suggestion ----------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.monitor.reset()  # nothing of an earlier fit() call
         # After the checkpoint is restored: a resumed run already has its clipper.
         if self.clipper is not None:
             return

@@ -111,6 +111,7 @@ class AutoClipCallback(TrainerCallback):
     # -- before training ---------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         _check_args(args)
+        self.monitor.reset()  # nothing of an earlier train() call (another search trial)
         if state.global_step > 0:
             self._resume(args, state)
         if self.clipper is None:
