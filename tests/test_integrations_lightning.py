@@ -229,3 +229,33 @@ def _assert_same(a, b):
         assert x.keys() == y.keys()
         for k in x:
             torch.testing.assert_close(x[k], y[k], rtol=0, atol=0)
+
+
+def test_a_module_that_clips_in_configure_gradient_clipping_is_refused(tmp_path):
+    class ClipsItself(Regression):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val, algorithm):
+            self.clip_gradients(optimizer, 1.0, "norm")
+
+    cb = AutoClipCallback(autoclip.create_clipper("norm", max_norm=1.0))
+    with pytest.raises(ConfigError, match="overrides configure_gradient_clipping"):
+        trainer([cb], tmp_path, logger=False).fit(ClipsItself(), loader())
+
+
+def test_two_optimizers_are_refused(tmp_path):
+    class TwoOptimizers(Regression):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            for opt in self.optimizers():
+                opt.zero_grad()
+                self.manual_backward(super().training_step(batch, batch_idx))
+                opt.step()
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(m.parameters(), lr=0.01) for m in self.net if m._parameters]
+
+    cb = AutoClipCallback(autoclip.create_clipper("norm", max_norm=1.0))
+    with pytest.raises(ConfigError, match="clips one optimizer's gradients, but the module"):
+        trainer([cb], tmp_path, logger=False).fit(TwoOptimizers(), loader())

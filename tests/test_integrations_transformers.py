@@ -196,3 +196,34 @@ def test_add_to_puts_the_callback_first(tmp_path):
     assert cb.add_to(trainer) is cb
     assert trainer.callback_handler.callbacks[0] is cb
     assert trainer.callback_handler.callbacks.count(cb) == 1
+
+
+def test_resuming_without_the_state_file_warns(tmp_path):
+    fit(
+        tmp_path, autoclip.create_clipper("norm", max_norm=1.0), save_strategy="steps", save_steps=4
+    )
+    (tmp_path / "checkpoint-4" / STATE_FILE).unlink()
+    trainer = transformers.Trainer(model=model(), args=args(tmp_path), train_dataset=Tokens())
+    AutoClipCallback(autoclip.create_clipper("norm", max_norm=1.0)).add_to(trainer)
+    with pytest.warns(UserWarning, match="no autoclip_clipper.pt"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(deepspeed="ds.json"), "DeepSpeed clips inside its engine"),
+        (dict(fsdp=True, fsdp_config={"version": 1}), "FSDP v1"),
+    ],
+)
+def test_engines_that_clip_or_shard_are_refused(bad, match):
+    # DeepSpeed and FSDP need their packages and several processes to build real
+    # TrainingArguments, so the check sees a stand-in with the same fields.
+    from types import SimpleNamespace
+
+    from autoclip.integrations.transformers import _check_args
+
+    fields = dict(max_grad_norm=0, fp16=False, deepspeed=None, fsdp=False, fsdp_config=None)
+    fields.update(bad)
+    with pytest.raises(ConfigError, match=match):
+        _check_args(SimpleNamespace(**fields))

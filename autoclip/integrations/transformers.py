@@ -53,6 +53,7 @@ from autoclip.integrations._common import (
 from autoclip.monitor import ClipMonitor
 
 try:
+    import transformers
     from transformers import TrainerCallback
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -197,6 +198,13 @@ class AutoClipCallback(TrainerCallback):
 
 
 def _check_args(args: Any) -> None:
+    if args.fp16 and _version(transformers.__version__) < (5, 24):
+        warnings.warn(
+            "AutoClipCallback relies on the Trainer unscaling fp16 gradients before "
+            "on_pre_optimizer_step even with max_grad_norm=0, as transformers 5.24 does; "
+            f"{transformers.__version__} is older and may hand it scaled gradients",
+            stacklevel=3,
+        )
     if args.max_grad_norm and args.max_grad_norm > 0:
         raise ConfigError(
             f"TrainingArguments(max_grad_norm={args.max_grad_norm}) makes the Trainer clip "
@@ -208,8 +216,13 @@ def _check_args(args: Any) -> None:
             "DeepSpeed clips inside its engine and shards the gradients, so AutoClipCallback "
             "cannot clip them; remove the callback and set DeepSpeed's 'gradient_clipping'"
         )
-    if args.fsdp and str((args.fsdp_config or {}).get("version", 1)) != "2":
+    # transformers 5 defaults to FSDP2 (fsdp_config["version"] = 2).
+    if args.fsdp and int((args.fsdp_config or {}).get("version", 2)) != 2:
         raise ConfigError(
             "under FSDP v1 each rank holds a flat shard of the gradients, whose norm is not "
             "the global one; use FSDP2 (fsdp_config={'version': 2}) with AutoClipCallback"
         )
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
