@@ -43,7 +43,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,9 @@ import torch
 from torch import nn
 
 from autoclip import serialize
-from autoclip.clippers import BaseClipper, create_clipper, list_clippers
+from autoclip._format import format_config, format_value
+from autoclip.clippers import BaseClipper, clipper_info, create_clipper, list_clippers, searchable
+from autoclip.clippers._rules import BUILTIN, positive, sig
 from autoclip.errors import ConfigError
 from autoclip.probe import GradTrace, _get_rng, _set_rng, probe
 from autoclip.response import RACES, ResponseCurve, measure_response
@@ -67,7 +69,8 @@ __all__ = [
     "suggest_task",
 ]
 
-STRATEGIES = ("norm", "value", "quantile", "zscore", "agc")
+# The built-ins, in the order proposals list them; registered clippers follow (searchable()).
+STRATEGIES = tuple(BUILTIN)
 # ZClip's published defaults.
 ZSCORE_ALPHA = 0.97
 ZSCORE_WARMUP = 25
@@ -99,39 +102,73 @@ class Candidate:
         return create_clipper(self.strategy, **self.params)
 
     def describe(self) -> str:
-        args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
-        return f"{self.strategy}({args})"
+        return format_config(self.config)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Ranges for the Optuna search; ``norm``, ``value`` and ``agc`` are sampled log-uniformly.
+    """The Optuna search's range of each strategy's searched parameter.
 
-    ``norm``: ``max_norm``; ``value``: ``clip_value``; ``quantile``: the quantile;
-    ``z_thresh``: ZClip's threshold; ``agc``: AGC's ``clipping`` ratio; ``strategies``: the
-    strategies to search, the recommended one first.
+    ``ranges`` maps a registry name to the ``(low, high)`` of its ``param`` (sampled on the
+    registry's scale: ``max_norm``, ``clip_value`` and AGC's ``clipping`` log-uniformly);
+    ``strategies``: the strategies to search, the recommended one first (default: all).
+    ``space.norm``, ``space.value``, ``space.quantile``, ``space.z_thresh`` and ``space.agc``
+    read the built-ins' ranges.
+
+    >>> s = SearchSpace({"norm": (0.1, 10.0), "quantile": (0.1, 0.99)})
+    >>> s.range("norm"), s.strategies
+    ((0.1, 10.0), ('norm', 'quantile'))
+    >>> SearchSpace({"quantile": (0.1, 1.5)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    autoclip.errors.ConfigError: SearchSpace['quantile']: quantile must lie inside (0.0, 1.0), ...
     """
 
-    norm: tuple[float, float]
-    value: tuple[float, float]
-    quantile: tuple[float, float]
-    z_thresh: tuple[float, float]
-    agc: tuple[float, float]
-    strategies: tuple[str, ...] = STRATEGIES
+    ranges: dict[str, tuple[float, float]]
+    strategies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("norm", "value", "quantile", "z_thresh", "agc"):
-            low, high = getattr(self, name)
-            if not (0 < low <= high and math.isfinite(high)):
+        if not isinstance(self.ranges, dict):
+            raise ConfigError(f"SearchSpace.ranges must be a dict, but got {self.ranges!r}")
+        for name, (low, high) in self.ranges.items():
+            info = clipper_info(name)
+            if not (low <= high and math.isfinite(low) and math.isfinite(high)):
                 raise ConfigError(
-                    f"SearchSpace.{name}: `0 < low <= high` must hold, but got "
+                    f"SearchSpace[{name!r}]: `low <= high` (both finite) must hold, but got "
                     f"low={low!r}, high={high!r}"
                 )
-        if not (0 < self.quantile[1] < 1):
-            raise ConfigError(f"SearchSpace.quantile must lie in (0, 1), but got {self.quantile}")
+            lo_b, hi_b = info.bounds
+            if not (lo_b < low and high < hi_b):
+                raise ConfigError(
+                    f"SearchSpace[{name!r}]: {info.param} must lie inside {info.bounds}, but got "
+                    f"{(low, high)}"
+                )
+        if not self.strategies:
+            object.__setattr__(self, "strategies", tuple(self.ranges))
+        missing = [s for s in self.strategies if s not in self.ranges]
+        if missing:
+            raise ConfigError(f"SearchSpace.strategies {missing} have no range in {self.ranges}")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) for k, v in asdict(self).items()}
+    def range(self, strategy: str) -> tuple[float, float]:
+        """The ``(low, high)`` of ``strategy``'s searched parameter."""
+        if strategy not in self.ranges:
+            raise ConfigError(
+                f"this search space has no range for {strategy!r}; it covers "
+                f"{sorted(self.ranges)} (register a clipper with param=... before proposing)"
+            )
+        return self.ranges[strategy]
+
+    def describe(self) -> str:
+        """``param low-high`` for each strategy, in the search's order."""
+        return ", ".join(
+            f"{clipper_info(n).param} {format_value(lo)}-{format_value(hi)}"
+            for n, (lo, hi) in ((n, self.ranges[n]) for n in self.strategies)
+        )
+
+    norm = property(lambda self: self.range("norm"))
+    value = property(lambda self: self.range("value"))
+    quantile = property(lambda self: self.range("quantile"))
+    z_thresh = property(lambda self: self.range("zscore"))
+    agc = property(lambda self: self.range("agc"))
 
 
 @dataclass(frozen=True)
@@ -198,15 +235,7 @@ class Proposal:
         lines.append("Candidates:")
         for c in self.candidates:
             lines.append(f"  {c.describe():<44} {c.reason}")
-        s = self.space
-        lines.append(
-            "Search ranges: "
-            f"max_norm {_fmt(s.norm[0])}-{_fmt(s.norm[1])}, "
-            f"clip_value {_fmt(s.value[0])}-{_fmt(s.value[1])}, "
-            f"quantile {_fmt(s.quantile[0])}-{_fmt(s.quantile[1])}, "
-            f"z_thresh {_fmt(s.z_thresh[0])}-{_fmt(s.z_thresh[1])}, "
-            f"agc {_fmt(s.agc[0])}-{_fmt(s.agc[1])}"
-        )
+        lines.append("Search ranges: " + self.space.describe())
         if self.response is not None:
             r = self.response
             lines.append(
@@ -234,17 +263,6 @@ class Proposal:
 
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _sig(x: float, digits: int = 2) -> float:
-    """Round to ``digits`` significant digits: thresholds are not known to more."""
-    if not math.isfinite(x) or x == 0:
-        return x
-    return float(f"{x:.{digits}g}")
-
-
-def _positive(x: float, fallback: float) -> float:
-    return x if math.isfinite(x) and x > 0 else fallback
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,12 +336,12 @@ def _measured(base: Proposal, st: GradStats, r: ResponseCurve, steps_spent: int)
     how = (
         ""
         if scale == 1.0
-        else f", times {_fmt(_sig(scale))} (the measured max_norm / the median norm)"
+        else f", times {_fmt(sig(scale))} (the measured max_norm / the median norm)"
     )
     if math.isfinite(st.values.p99) and st.values.p99 > 0:
         value = Candidate(
             "value",
-            {"clip_value": _sig(st.values.p99 * scale)},
+            {"clip_value": sig(st.values.p99 * scale)},
             base.candidate("value").reason + how,
         )
     else:
@@ -335,7 +353,7 @@ def _measured(base: Proposal, st: GradStats, r: ResponseCurve, steps_spent: int)
     if math.isfinite(st.agc_ratios.p90) and st.agc_ratios.p90 > 0:
         agc = Candidate(
             "agc",
-            {"clipping": _sig(st.agc_ratios.p90 * scale)},
+            {"clipping": sig(st.agc_ratios.p90 * scale)},
             base.candidate("agc").reason + how,
         )
     else:
@@ -344,15 +362,16 @@ def _measured(base: Proposal, st: GradStats, r: ResponseCurve, steps_spent: int)
             {"clipping": 0.01},
             "no unit ratios were sampled (the warm-up stopped early): the NFNets value 0.01",
         )
-    order = STRATEGIES
-    space = _space(st, c, value.params["clip_value"], q, z, agc.params["clipping"], order)
+    by_name = {"norm": norm, "value": value, "quantile": quantile, "zscore": zscore, "agc": agc}
+    by_name.update(_others(st, c, have=by_name))  # registered clippers: the registry's rules
+    order = tuple(by_name)
+    space = _space(st, by_name, order)
     # The races' divergences and spikes are in describe(); the notes add where the choice sits.
     notes = "; ".join(n for n in r.notes if not n.startswith("max_norm "))
     reason = (
         f"Measured ({r.steps_spent} steps of races after a {st.steps}-step warm-up): "
         f"{r.describe()}." + (f" Notes: {notes}." if notes else "")
     )
-    by_name = {"norm": norm, "value": value, "quantile": quantile, "zscore": zscore, "agc": agc}
     return Proposal(
         recommended=norm,
         reason=reason,
@@ -368,64 +387,26 @@ def _measured(base: Proposal, st: GradStats, r: ResponseCurve, steps_spent: int)
 def _from_stats(st: GradStats) -> Proposal:
     """The statistics-only proposal: the fallback, and the anchor of the measurement."""
     warm = st.settled_norms
-    settled = np.asarray(warm, dtype=float)
-    level = _positive(st.end_level, st.median)
-    p50 = _positive(st.normal.p50, level)
+    level = positive(st.end_level, st.median)
+    p50 = positive(st.normal.p50, level)
     diverged = st.diverged
 
     if diverged:
         before = _norms_before(st, st.blowup_step)
-        max_norm = _sig(float(np.median(before)) if before else st.median)
+        max_norm = sig(float(np.median(before)) if before else st.median)
         upto = st.blowup_step if st.blowup_step is not None else st.steps
         norm_reason = f"the median norm of steps 0-{upto - 1}, before the loss blew up"
     elif st.drifting:
-        max_norm = _sig(level)
+        max_norm = sig(level)
         norm_reason = "the median norm of the warm-up's last quarter (the level still drifts)"
     else:
-        max_norm = _sig(p50)
+        max_norm = sig(p50)
         norm_reason = "the normal regime's median: ordinary steps at most their typical size"
     norm = Candidate("norm", {"max_norm": max_norm}, norm_reason)
 
-    clip_value = _sig(_positive(st.values.p99, max_norm))
-    value = Candidate(
-        "value",
-        {"clip_value": clip_value},
-        "the 99th percentile of the sampled |g| elements in the settled part",
-    )
-
-    below = float((settled <= max_norm).mean()) if settled.size else 0.5
-    q = float(np.clip(round(below, 2), 0.1, 0.99))
-    window = int(np.clip(math.ceil(20 / (1 - q)), 100, 1000))
-    quantile = Candidate(
-        "quantile",
-        {"quantile": q, "window": window},
-        f"{q:.0%} of settled steps are below max_norm={_fmt(max_norm)}: warm-started, it starts "
-        "at the fixed threshold and follows the level",
-    )
-
-    normal_sd = _normal_sd(st, settled)
-    normal_mean = _positive(st.normal_mean, p50)
-    edge = _positive(st.normal.p95, normal_mean)
-    z = (edge - normal_mean) / normal_sd if normal_sd > 0 else 2.5
-    z = float(np.clip(round(z, 1), 1.5, 4.0))
-    zscore = Candidate(
-        "zscore",
-        {
-            "z_thresh": z,
-            "alpha": ZSCORE_ALPHA,
-            "warmup_steps": max(1, min(ZSCORE_WARMUP, len(warm))),
-        },
-        f"the normal regime's 95th percentile is {z:.1f} standard deviations above its mean",
-    )
-
-    clipping = _sig(_positive(st.agc_ratios.p90, 0.01))
-    agc = Candidate(
-        "agc",
-        {"clipping": clipping},
-        "the 90th percentile of the unit-wise |G_i|/|W_i| ratios in the settled part",
-    )
-
-    by_name = {"norm": norm, "value": value, "quantile": quantile, "zscore": zscore, "agc": agc}
+    # the other strategies' candidates: the registry's range rules (clippers/_rules.py for
+    # the built-ins), read off the same statistics and this max_norm
+    by_name = {"norm": norm, **_others(st, max_norm, have={"norm"})}
     n_spikes = len(st.spike_steps)
     spikes = (
         f"{n_spikes} spike{'s' if n_spikes != 1 else ''} in {st.steps} steps{_spike_origin(st)}"
@@ -466,8 +447,8 @@ def _from_stats(st: GradStats) -> Proposal:
             f"max_norm={_fmt(max_norm)} at the normal regime's median caps every step, spikes "
             "included, at the size of an ordinary one and leaves the smaller half untouched."
         )
-    order = (pick, *[s for s in STRATEGIES if s != pick])
-    space = _space(st, max_norm, clip_value, q, z, clipping, order)
+    order = (pick, *[s for s in by_name if s != pick])
+    space = _space(st, by_name, order)
     return Proposal(
         recommended=by_name[pick],
         reason=reason,
@@ -484,19 +465,6 @@ def _norms_before(st: GradStats, step: int | None) -> list[float]:
     return [v for v in st.norms[:end] if math.isfinite(v) and v > 0]
 
 
-def _normal_sd(st: GradStats, settled: np.ndarray) -> float:
-    """Standard deviation of the normal regime's norms (settled, spikes removed)."""
-    spikes = set(st.spike_steps)
-    normal = [
-        v
-        for i, v in enumerate(st.norms)
-        if i >= st.settle_step and i not in spikes and math.isfinite(v)
-    ]
-    if len(normal) >= 2:
-        return float(np.std(normal, ddof=1))
-    return float(np.std(settled)) if settled.size >= 2 else 0.0
-
-
 def _spike_origin(st: GradStats) -> str:
     layers = st.spike_layers
     if not layers:
@@ -505,17 +473,22 @@ def _spike_origin(st: GradStats) -> str:
     return f", {share:.0%} of their excess from {name}"
 
 
-def _space(st, max_norm, clip_value, q, z, clipping, order) -> SearchSpace:
-    # max_norm: from a tenth of the candidate, itself a median (nearly every step clipped:
-    # normalised-gradient descent), to ten times it (the loose end of the 5-10x rule of thumb)
-    norm = (_sig(max_norm / 10), _sig(10 * max_norm))
-    v50 = _positive(st.values.p50, clip_value / 10)
-    value = (_sig(min(v50, clip_value / 3)), _sig(10 * clip_value))
-    # from AutoClip's published 10th percentile to clipping only the top 1%
-    quantile = (min(0.1, q), 0.99)
-    z_thresh = (min(1.5, z), max(4.0, z))
-    agc = (_sig(clipping / 10), _sig(clipping * 10))
-    return SearchSpace(norm, value, quantile, z_thresh, agc, tuple(order))
+def _others(st: GradStats, threshold: float, have: Iterable[str]) -> dict[str, Candidate]:
+    """Candidates, from the registry's range rule (or the clipper's defaults), of every
+    searchable clipper not in ``have``, in the registry's order."""
+    out = {}
+    for info in searchable():
+        if info.name not in have:
+            params, why = info.propose(st, threshold)
+            out[info.name] = Candidate(info.name, params, why)
+    return out
+
+
+def _space(st: GradStats, by_name: dict[str, Candidate], order: Iterable[str]) -> SearchSpace:
+    """Each candidate's search range, by the registry's range rule (clippers/_rules.py)."""
+    order = tuple(order)
+    ranges = {n: clipper_info(n).range_for(st, by_name[n].params) for n in order}
+    return SearchSpace(ranges, order)
 
 
 def suggest(

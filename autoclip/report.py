@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autoclip.clippers import clipper_info
 from autoclip.propose import Proposal
 from autoclip.stats import GradStats
 
@@ -161,18 +162,18 @@ def proposal_markdown(proposal: Proposal) -> str:
             [[c.strategy, f"`{c.describe()}`", c.reason] for c in p.candidates],
         ),
         "",
-        "Search ranges (log-uniform for max_norm, clip_value, agc): "
-        f"max_norm {_num(p.space.norm[0])}-{_num(p.space.norm[1])}, "
-        f"clip_value {_num(p.space.value[0])}-{_num(p.space.value[1])}, "
-        f"quantile {_num(p.space.quantile[0])}-{_num(p.space.quantile[1])}, "
-        f"z_thresh {_num(p.space.z_thresh[0])}-{_num(p.space.z_thresh[1])}, "
-        f"agc {_num(p.space.agc[0])}-{_num(p.space.agc[1])}.",
+        f"Search ranges ({_log_params(p)} log-uniform): {p.space.describe()}.",
     ]
     if p.response is not None:
         lines += ["", response_markdown(p)]
     if p.stats is not None:
         lines += ["", stats_markdown(p.stats)]
     return "\n".join(lines)
+
+
+def _log_params(p: Proposal) -> str:
+    names = [clipper_info(s).param for s in p.space.strategies if clipper_info(s).log]
+    return ", ".join(names) if names else "none"
 
 
 def response_markdown(proposal: Proposal) -> str:
@@ -211,19 +212,13 @@ def _norm_thresholds(proposal: Proposal | None, stats: GradStats) -> list[tuple[
     lines = []
     if proposal is not None:
         for c in proposal.candidates:
-            if c.strategy == "norm":
-                lines.append(
-                    (
-                        f"norm max_norm={_num(c.params['max_norm'])}",
-                        float(c.params["max_norm"]),
-                        "-",
-                    )
-                )
-            elif c.strategy == "zscore":
-                # where the warm-started z-score clipper starts: EMA mean + z * EMA std
-                bound = proposal.clipper(c).spike_bound
-                if math.isfinite(bound) and bound > 0:
-                    lines.append((f"zscore bound after warm start={_num(bound)}", bound, "--"))
+            # where each (warm-started) clipper would clip the next step, if at a norm level
+            clip = proposal.clipper(c)
+            bound = clip.norm_threshold
+            if bound is not None and math.isfinite(bound) and bound > 0:
+                what = "bound after warm start" if clip.adaptive else clipper_info(c.strategy).param
+                style = "--" if clip.adaptive else "-"
+                lines.append((f"{c.strategy} {what}={_num(bound)}", bound, style))
     if math.isfinite(stats.mean) and stats.mean > 0:
         lines.append((f"rule of thumb 5x mean={_num(5 * stats.mean)}", 5 * stats.mean, ":"))
     return lines

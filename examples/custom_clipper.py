@@ -61,5 +61,8 @@ def make_task() -> autoclip.Task:
 
 
 if __name__ == "__main__":
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = autoclip.tune(make_task(), n_trials=6, probe_steps=20, strategies=["absq"])
     print(autoclip.report.format_tune(result))

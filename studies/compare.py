@@ -411,15 +411,13 @@ class ArmSummary:
 def describe(config: dict[str, Any] | None) -> str:
     if config is None:
         return "-"
+    from autoclip.clippers import list_clippers
+
     name = config["name"]
-    key = {
-        "norm": "max_norm",
-        "zscore": "z_thresh",
-        "quantile": "quantile",
-        "agc": "clipping",
-        "value": "clip_value",
-        "autoclip_original": "percentile",
-    }.get(name)
+    # the searched parameter, from the clipper registry (the reference AutoClip is not a
+    # registered clipper: its one parameter is the percentile)
+    known = {info.name: info.param for info in list_clippers()}
+    key = known.get(name, "percentile" if name == "autoclip_original" else None)
     if key in config:
         return f"{name} {config[key]:.3g}"
     return name

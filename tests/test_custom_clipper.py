@@ -13,8 +13,6 @@ from autoclip.probe import probe_task
 from autoclip.propose import propose
 from autoclip.stats import compute_stats
 
-PHASE2 = "propose/search/report read the registry once issues 10/11 land (issue-14 phase 2)"
-
 
 @pytest.fixture
 def registered():
@@ -51,7 +49,6 @@ def test_unknown_and_duplicate_names_are_refused(registered):
         register_clipper("other_absq", "x", param="quantile")(custom.AbsQuantileClip)
 
 
-@pytest.mark.xfail(strict=True, reason=PHASE2)
 def test_propose_tune_and_report_handle_a_new_clipper(registered):
     task = make_task(steps=10)
     proposal = propose(compute_stats(probe_task(task, steps=10)))

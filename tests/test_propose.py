@@ -159,9 +159,11 @@ def test_dataclass_validation():
     with pytest.raises(ConfigError, match="unknown strategy"):
         Candidate("bogus", {}, "")
     with pytest.raises(ConfigError, match="low <= high"):
-        SearchSpace(
-            norm=(2.0, 1.0), value=(1, 2), quantile=(0.1, 0.9), z_thresh=(1, 2), agc=(0.1, 1)
-        )
+        SearchSpace({"norm": (2.0, 1.0), "quantile": (0.1, 0.9)})
+    with pytest.raises(ConfigError, match="must lie inside"):
+        SearchSpace({"quantile": (0.1, 1.0)})
+    with pytest.raises(ConfigError, match="unknown clipper 'bogus'"):
+        SearchSpace({"bogus": (1.0, 2.0)})
     with pytest.raises(ConfigError, match="GradStats"):
         propose({"norms": [1.0]})
 

@@ -16,6 +16,7 @@ from autoclip.clippers._registry import (
     create_clipper,
     list_clippers,
     register_clipper,
+    searchable,
     unregister_clipper,
 )
 from autoclip.clippers._zscore import ZScoreClip
@@ -36,5 +37,6 @@ __all__ = [
     "create_clipper",
     "list_clippers",
     "register_clipper",
+    "searchable",
     "unregister_clipper",
 ]

@@ -270,6 +270,13 @@ class BaseClipper(abc.ABC):
         """Number of steps that were clipped (tensor)."""
         return self._state["clipped"]
 
+    @property
+    def norm_threshold(self) -> float | None:
+        """The global-norm level the next step would be clipped above, as a host float (a
+        sync); None for a clipper whose threshold is not a level of the global norm (value,
+        AGC). Reports draw it on the norm plot."""
+        return None
+
     def _to(self, device: torch.device) -> None:
         if self._state["steps"].device != device:
             self._state = {k: v.to(device) for k, v in self._state.items()}

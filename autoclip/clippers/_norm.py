@@ -35,6 +35,10 @@ class NormClip(NormBasedClipper):
     def _initial_state(self):
         return {"max_norm": torch.tensor(float(self.max_norm))}
 
+    @property
+    def norm_threshold(self) -> float:
+        return float(self.max_norm)
+
     def _clip(self, params, grads, total, finite):
         # torch computes `max_norm / (norm + 1e-6)` with max_norm a Python float (a reciprocal
         # then a multiply, in the norm's dtype); passing the float, not a tensor, keeps the

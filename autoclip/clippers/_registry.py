@@ -26,7 +26,15 @@ from typing import Any
 
 from autoclip.errors import ConfigError
 
-__all__ = ["ClipperInfo", "clipper_info", "create_clipper", "list_clippers", "register_clipper"]
+__all__ = [
+    "ClipperInfo",
+    "clipper_info",
+    "create_clipper",
+    "list_clippers",
+    "register_clipper",
+    "searchable",
+    "unregister_clipper",
+]
 
 #: ``(stats, threshold) -> (params, reason)``: a candidate's parameters from the warm-up
 #: statistics (:class:`~autoclip.stats.GradStats`) and the measured global-norm threshold.
@@ -58,8 +66,6 @@ class ClipperInfo:
         search_range: its second half, ``(stats, params) -> (low, high)`` (None: the default
             value times/divided by ``DEFAULT_SPREAD``, or ``bounds`` on a linear scale).
         unit: what ``param`` measures, for reports ("global norm", "ratio", ...).
-        norm_threshold: the clipper's threshold is a level of the global gradient norm (so a
-            report can draw it on the norm plot).
 
     >>> info = clipper_info("quantile")
     >>> info.param, info.log, info.bounds, info.adaptive
@@ -78,7 +84,6 @@ class ClipperInfo:
     candidate: CandidateRule | None = None
     search_range: RangeRule | None = None
     unit: str = ""
-    norm_threshold: bool = False
 
     @property
     def default_params(self) -> dict[str, Any]:
@@ -141,7 +146,6 @@ def register_clipper(
     candidate: CandidateRule | None = None,
     search_range: RangeRule | None = None,
     unit: str = "",
-    norm_threshold: bool = False,
 ):
     """Class decorator: register a :class:`BaseClipper` subclass under ``name``.
 
@@ -170,7 +174,6 @@ def register_clipper(
         candidate=candidate,
         search_range=search_range,
         unit=unit,
-        norm_threshold=norm_threshold,
     )
 
     def deco(cls):
@@ -213,6 +216,20 @@ def list_clippers() -> list[ClipperInfo]:
     True
     """
     return list(_REGISTRY.values())
+
+
+def searchable() -> list[ClipperInfo]:
+    """The clippers a proposal and a search cover: those with a searched ``param``, the
+    built-ins first (norm, value, quantile, zscore, agc), then the others as registered.
+
+    >>> [info.name for info in searchable()][:5]
+    ['norm', 'value', 'quantile', 'zscore', 'agc']
+    """
+    from autoclip.clippers._rules import BUILTIN
+
+    order = {name: i for i, name in enumerate(BUILTIN)}
+    found = [info for info in _REGISTRY.values() if info.param is not None]
+    return sorted(found, key=lambda info: order.get(info.name, len(order)))
 
 
 def clipper_info(name: str) -> ClipperInfo:

@@ -129,22 +129,22 @@ def agc_range(st: Any, p: dict[str, Any]) -> tuple[float, float]:
 BUILTIN: dict[str, dict[str, Any]] = {
     "norm": dict(
         param="max_norm", log=True, bounds=(0.0, math.inf), candidate=norm_candidate,
-        search_range=norm_range, unit="global norm", norm_threshold=True,
+        search_range=norm_range, unit="global norm",
     ),
     "value": dict(
         param="clip_value", log=True, bounds=(0.0, math.inf), candidate=value_candidate,
-        search_range=value_range, unit="gradient element", norm_threshold=False,
+        search_range=value_range, unit="gradient element",
     ),
     "quantile": dict(
         param="quantile", log=False, bounds=(0.0, 1.0), candidate=quantile_candidate,
-        search_range=quantile_range, unit="fraction of steps", norm_threshold=True,
+        search_range=quantile_range, unit="fraction of steps",
     ),
     "zscore": dict(
         param="z_thresh", log=False, bounds=(0.0, math.inf), candidate=zscore_candidate,
-        search_range=zscore_range, unit="standard deviations", norm_threshold=True,
+        search_range=zscore_range, unit="standard deviations",
     ),
     "agc": dict(
         param="clipping", log=True, bounds=(0.0, math.inf), candidate=agc_candidate,
-        search_range=agc_range, unit="ratio", norm_threshold=False,
+        search_range=agc_range, unit="ratio",
     ),
 }  # fmt: skip

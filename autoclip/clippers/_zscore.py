@@ -136,6 +136,11 @@ class ZScoreClip(NormBasedClipper):
             return math.inf
         return float(st["mean"]) + self.z_thresh * math.sqrt(float(st["var"]))
 
+    @property
+    def norm_threshold(self) -> float:
+        """:attr:`spike_bound`: the norm the next step is clipped above."""
+        return self.spike_bound
+
     def _observe(self, total, finite):
         st = self._state
         x = total.to(torch.float32)

@@ -1,4 +1,9 @@
-"""The search space: a proposal's strategies and ranges as Optuna parameters."""
+"""The search space: a proposal's strategies and ranges as Optuna parameters.
+
+Which parameter each strategy searches, and on which scale, is the clipper registry's
+(:class:`~autoclip.clippers.ClipperInfo`); the ranges are the proposal's. So a clipper a user
+registers with ``param=...`` is searched like the built-ins.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,12 @@ from typing import Any
 import numpy as np
 import optuna
 
-from autoclip.clippers import BaseClipper, create_clipper
+from autoclip._format import format_config
+from autoclip.clippers import BaseClipper, clipper_info, create_clipper, list_clippers
 from autoclip.errors import ConfigError
 from autoclip.propose import Proposal
 
 PREFIX = "clip"
-
-_SEARCHED = {  # strategy -> (parameter, SearchSpace field, log scale)
-    "norm": ("max_norm", "norm", True),
-    "value": ("clip_value", "value", True),
-    "quantile": ("quantile", "quantile", False),
-    "zscore": ("z_thresh", "z_thresh", False),
-    "agc": ("clipping", "agc", True),
-}
 
 
 def _candidate_params(proposal: Proposal, strategy: str) -> dict[str, Any]:
@@ -30,9 +28,26 @@ def _candidate_params(proposal: Proposal, strategy: str) -> dict[str, Any]:
     return {}
 
 
-def _range(proposal: Proposal, strategy: str) -> tuple[float, float]:
-    low, high = getattr(proposal.space, _SEARCHED[strategy][1])
-    return float(low), float(high)
+def check_strategies(proposal: Proposal | None, strategies: Sequence[str]) -> tuple[str, ...]:
+    """``strategies`` as a tuple, each a registered clipper with a searched parameter (and,
+    given a proposal, a range in it); else one ConfigError naming the choices."""
+    if isinstance(strategies, str) or not all(isinstance(s, str) for s in strategies):
+        raise ConfigError(f"strategies must be a list of clipper names, but got {strategies!r}")
+    names = [c.name for c in list_clippers() if c.param is not None]
+    unknown = [s for s in strategies if s not in names]
+    if unknown:
+        raise ConfigError(
+            f"cannot search strategies {unknown}; choose from {names} (or register the "
+            "clipper with register_clipper(..., param=...))"
+        )
+    if proposal is not None:
+        missing = [s for s in strategies if s not in proposal.space.ranges]
+        if missing:
+            raise ConfigError(
+                f"the proposal has no search range for {missing} (it covers "
+                f"{sorted(proposal.space.ranges)}); register the clipper before proposing"
+            )
+    return tuple(strategies)
 
 
 def suggest_clipper(
@@ -45,17 +60,17 @@ def suggest_clipper(
     """Sample a clipping configuration inside an Optuna objective and return the clipper.
 
     Parameters are named ``{prefix}.strategy`` and ``{prefix}.{strategy}.{param}``, with the
-    ranges of ``proposal.space``; adaptive clippers come warm-started from the probe's norms.
+    ranges of ``proposal.space`` on the registry's scale; adaptive clippers come warm-started
+    from the probe's norms.
     """
-    strategies = tuple(strategies or proposal.space.strategies)
-    unknown = [s for s in strategies if s not in _SEARCHED]
-    if unknown:
-        raise ConfigError(f"cannot search strategies {unknown}; choose from {sorted(_SEARCHED)}")
+    strategies = check_strategies(proposal, strategies or proposal.space.strategies)
     strategy = trial.suggest_categorical(f"{prefix}.strategy", list(strategies))
-    param, _, log = _SEARCHED[strategy]
+    info = clipper_info(strategy)
     params = _candidate_params(proposal, strategy)
-    low, high = _range(proposal, strategy)
-    params[param] = trial.suggest_float(f"{prefix}.{strategy}.{param}", low, high, log=log)
+    low, high = proposal.space.range(strategy)
+    params[info.param] = trial.suggest_float(
+        f"{prefix}.{strategy}.{info.param}", low, high, log=info.log
+    )
     return create_clipper(strategy, **params).warm_start(proposal.warm_norms)
 
 
@@ -64,10 +79,10 @@ def _enqueue_params(proposal: Proposal, strategies: Sequence[str], prefix: str =
     the space can express."""
     out = []
     for c in [proposal.recommended, *proposal.candidates]:
-        if c.strategy not in strategies or c.strategy not in _SEARCHED:
+        if c.strategy not in strategies or c.strategy not in proposal.space.ranges:
             continue
-        param = _SEARCHED[c.strategy][0]
-        low, high = _range(proposal, c.strategy)
+        param = clipper_info(c.strategy).param
+        low, high = proposal.space.range(c.strategy)
         value = float(np.clip(c.params[param], low, high))
         params = {f"{prefix}.strategy": c.strategy, f"{prefix}.{c.strategy}.{param}": value}
         if params not in out:
@@ -76,8 +91,12 @@ def _enqueue_params(proposal: Proposal, strategies: Sequence[str], prefix: str =
 
 
 def describe_config(config: dict[str, Any] | None) -> str:
+    """``name(param=value)`` with the registry's searched parameter (all of them for a clipper
+    the registry does not know)."""
     if config is None:
         return "no clipping"
-    name = config["name"]
-    key = _SEARCHED.get(name, (None,))[0]
-    return f"{name}({key}={config[key]:.4g})" if key in config else name
+    try:
+        info = clipper_info(config["name"])
+    except ConfigError:
+        return format_config(config)
+    return info.describe(config)
