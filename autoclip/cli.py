@@ -211,7 +211,9 @@ def _exit_if_nothing_chosen(result) -> None:
     help="Weights of final loss, speed and instability for choosing from the Pareto "
     "front [default: its knee].",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Sampler seed.")
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampler seed."
+)
 @click.option(
     "--storage",
     envvar="AUTOCLIP_STORAGE",

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from autoclip import serialize
 from autoclip.errors import ConfigError, TaskError
+from autoclip.task import check_loss_fn, check_owns
 
 __all__ = ["GradTrace", "probe", "probe_task"]
 
@@ -571,6 +572,10 @@ def probe(
         raise TaskError(
             f"optimizer must be a torch.optim.Optimizer, but got {type(optimizer).__name__}"
         )
+    if not isinstance(model, nn.Module):
+        raise TaskError(f"model must be a torch.nn.Module, but got {type(model).__name__}")
+    check_loss_fn(loss_fn)
+    check_owns(model, optimizer)
     params = _params_of(optimizer)
     snapshot = _Snapshot(model, optimizer, scaler, params)
     try:

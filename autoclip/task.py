@@ -157,7 +157,12 @@ class Task:
                 "Task.optimizer_fn must return a torch.optim.Optimizer, "
                 f"but returned {type(optimizer).__name__}"
             )
-        _check_owns(model, optimizer)
+        check_owns(
+            model,
+            optimizer,
+            "build it in Task.optimizer_fn over the parameters it is given: "
+            "optimizer_fn=lambda params: torch.optim.SGD(params, lr=...)",
+        )
         return model, optimizer
 
     def batch_stream(self) -> Iterator[Any]:
@@ -213,23 +218,28 @@ def _check_factories(task: Task) -> None:
             f"Task.model_fn must build a fresh model, but got a {type(task.model_fn).__name__} "
             "instance; pass a factory such as model_fn=lambda: MyModel()"
         )
-    if isinstance(task.loss_fn, nn.Module):
+    check_loss_fn(task.loss_fn, "Task.loss_fn")
+
+
+def check_loss_fn(loss_fn: Any, where: str = "loss_fn") -> None:
+    """A criterion (``nn.MSELoss()``) where ``(model, batch) -> loss`` belongs: one clear line
+    instead of a TypeError steps later."""
+    if isinstance(loss_fn, nn.Module):
         raise TaskError(
-            f"Task.loss_fn receives (model, batch) and returns the loss, but got the criterion "
-            f"{type(task.loss_fn).__name__}; wrap it: loss_fn=lambda model, batch: "
+            f"{where} receives (model, batch) and returns the loss, but got the criterion "
+            f"{type(loss_fn).__name__}; wrap it: loss_fn=lambda model, batch: "
             "criterion(model(batch[0]), batch[1])"
         )
 
 
-def _check_owns(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def check_owns(model: nn.Module, optimizer: torch.optim.Optimizer, fix: str = "") -> None:
     """The optimizer must update the model it was built for."""
     own = {id(p) for p in model.parameters()}
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if not any(id(p) in own for p in params):
         raise TaskError(
-            "the optimizer from Task.optimizer_fn updates none of the model's parameters; "
-            "build it over the parameters it is given: optimizer_fn=lambda params: "
-            "torch.optim.SGD(params, lr=...)"
+            "the optimizer updates none of the model's parameters; "
+            + (fix or "build it over this model: torch.optim.SGD(model.parameters(), lr=...)")
         )
 
 

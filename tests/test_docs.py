@@ -27,7 +27,6 @@ PHASE2 = {
     "UnsupportedError",
     "measure_response",
     "suggest_task",
-    "SearchSpace",
     "TrialRecord",
     "TuneResult",
     "compute_stats",

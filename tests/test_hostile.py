@@ -28,9 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TASKS = f"{ROOT}/tests/_tasks.py"
 HOSTILE = f"{ROOT}/tests/_hostile_tasks.py"
 
-# Cases whose fix lands in files other helpers are reshaping now (issue-14 phase 2).
-LATER = pytest.mark.xfail(strict=True, reason="needs the merged probe/search/clipper code")
-
 
 def _task(**kw) -> Task:
     base = dict(
@@ -74,9 +71,7 @@ LIBRARY = [
     ("max_norm=nan", lambda: NormClip(max_norm=math.nan), ConfigError, "max_norm"),
     ("max_norm=inf", lambda: NormClip(max_norm=math.inf), ConfigError, "finite"),
     ("max_norm='1'", lambda: NormClip(max_norm="1"), ConfigError, "max_norm"),
-    pytest.param(
-        "max_norm=True", lambda: NormClip(max_norm=True), ConfigError, "max_norm", marks=LATER
-    ),
+    pytest.param("max_norm=True", lambda: NormClip(max_norm=True), ConfigError, "max_norm"),
     ("clip_value<0", lambda: ValueClip(clip_value=-1.0), ConfigError, "clip_value"),
     ("quantile=1", lambda: QuantileClip(quantile=1.0), ConfigError, r"0 < quantile < 1"),
     ("window=0", lambda: QuantileClip(window=0), ConfigError, r"`window` must be an int >= 1"),
@@ -116,14 +111,12 @@ LIBRARY = [
         lambda: NormClip(1.0).load_state_dict({"config": NormClip(1.0).config}),
         ConfigError,
         "state",
-        marks=LATER,
     ),
     pytest.param(
         "state dict that is a list",
         lambda: NormClip(1.0).load_state_dict([1, 2]),
         ConfigError,
         "dict",
-        marks=LATER,
     ),
     pytest.param(
         "state entry not a tensor",
@@ -132,7 +125,6 @@ LIBRARY = [
         ),
         ConfigError,
         "tensor",
-        marks=LATER,
     ),
     # tasks
     (
@@ -208,7 +200,7 @@ def test_library_refuses_with_one_line(case, call, kind, match):
 def _tune_refuses_before_the_probe(**kw):
     factory = _Counting()
     with pytest.raises(ConfigError) as err:
-        autoclip.tune(_task(model_fn=factory), n_trials=2, probe_steps=4, **kw)
+        autoclip.tune(_task(model_fn=factory), **{"n_trials": 2, "probe_steps": 4, **kw})
     assert factory.calls == 0, "the argument was checked only after the probe ran"
     return err.value
 
@@ -221,21 +213,18 @@ TUNE_ARGS = [
     ({"n_trials": 0}, "n_trials"),
     ({"probe_steps": 0}, "probe_steps"),
 ]
-# Already checked before the probe today.
-TUNE_ARGS_NOW = [
+TUNE_ARGS_NOW = [  # checked before the probe already before issue 14
     ({"mode": "both"}, "mode"),
     ({"weights": (1.0, 2.0)}, "weights"),
     ({"workers": 0}, "workers"),
 ]
-LATER_ARGS = [pytest.param(kw, m, marks=LATER) for kw, m in TUNE_ARGS]
 
 
-@pytest.mark.parametrize(("kw", "match"), TUNE_ARGS_NOW + LATER_ARGS)
+@pytest.mark.parametrize(("kw", "match"), TUNE_ARGS_NOW + TUNE_ARGS)
 def test_tune_checks_every_argument_before_the_probe(kw, match):
     _one_line(_tune_refuses_before_the_probe(**kw), match)
 
 
-@LATER
 def test_suggest_with_a_criterion_names_the_loss_signature():
     model = nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -244,7 +233,6 @@ def test_suggest_with_a_criterion_names_the_loss_signature():
     _one_line(err.value, r"\(model, batch\)")
 
 
-@LATER
 def test_probe_with_an_optimizer_of_other_parameters():
     model = nn.Linear(2, 1)
     opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
@@ -298,7 +286,6 @@ CLI = [
         ["tune", f"{TASKS}:make_task", "--seed", "-1", "--storage", ":memory:"],
         USAGE,
         "--seed",
-        marks=LATER,
     ),
 ]
 

@@ -289,6 +289,19 @@ class BaseClipper(abc.ABC):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; a malformed one is a one-line ConfigError."""
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+            raise ConfigError(
+                "state_dict must be the dict clipper.state_dict() returns, with a 'state' dict "
+                f"of tensors, but got {type(state_dict).__name__}"
+                + (f" with keys {sorted(state_dict)}" if isinstance(state_dict, dict) else "")
+            )
+        not_tensors = sorted(k for k, v in state_dict["state"].items() if not torch.is_tensor(v))
+        if not_tensors:
+            raise ConfigError(
+                f"state_dict['state'] entries {not_tensors} are not tensors; pass the dict "
+                "clipper.state_dict() returned (torch.load it with weights_only=False if saved)"
+            )
         if state_dict.get("config", self.config) != self.config:
             raise ConfigError(
                 f"state_dict was saved by {state_dict['config']}, but this clipper is "
@@ -355,7 +368,9 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     """Raise a ConfigError unless ``value`` is a finite number > 0 (or >= 0)."""
-    ok = isinstance(value, int | float) and value == value and value not in (float("inf"),)
+    # a bool is an int to Python, but True as a threshold is a mistake, not 1.0
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and value == value and value not in (float("inf"),)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
         rule = ">= 0" if allow_zero else "> 0"
@@ -364,5 +379,5 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 
 def check_fraction(name: str, value: float) -> None:
     """Raise a ConfigError unless ``0 < value < 1``."""
-    if not (isinstance(value, int | float) and 0.0 < value < 1.0):
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and 0.0 < value < 1.0):
         raise ConfigError(f"`{name}` must satisfy 0 < {name} < 1, but got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from autoclip.errors import ConfigError, StorageError
 from autoclip.objectives import NAMES, evaluate
 from autoclip.search._fidelity import Plan
 from autoclip.search._result import TrialRecord, TuneResult, _result
+from autoclip.search._space import check_strategies
 from autoclip.search._storage import ATTR, HEARTBEAT_INTERVAL, open_storage
 from autoclip.search._study import (
     MODES,
@@ -46,6 +48,34 @@ def _baselines(task: Task, steps: int, steps_so_far: dict[str, Any]) -> dict[str
             steps_run=log.steps_run,
         )
     return out
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_args(seed, probe_steps, strategies, lr_range, max_instability) -> None:
+    """The arguments nothing else checks before the probe runs: each a one-line ConfigError."""
+    if seed is not None and not (_is_int(seed) and seed >= 0):
+        raise ConfigError(f"`seed` must be an int >= 0 or None, but got {seed!r}")
+    if probe_steps is not None and not (_is_int(probe_steps) and probe_steps >= 2):
+        raise ConfigError(f"`probe_steps` must be an int >= 2 or None, but got {probe_steps!r}")
+    if strategies is not None:
+        check_strategies(None, strategies)
+    if not (_is_number(lr_range) and lr_range > 1):
+        raise ConfigError(
+            f"`lr_range` must be a finite number > 1 (the lr multiplier is searched in "
+            f"[1/lr_range, lr_range]), but got {lr_range!r}"
+        )
+    if not (_is_number(max_instability) and 0 <= max_instability <= 1):
+        raise ConfigError(
+            f"`max_instability` must be a number in [0, 1] (a fraction of loss spikes), "
+            f"but got {max_instability!r}"
+        )
 
 
 def tune(
@@ -108,6 +138,7 @@ def tune(
             f"`weights` must be {len(NAMES)} non-negative numbers for {NAMES} with a "
             f"positive sum, but got {weights!r}"
         )
+    _check_args(seed, probe_steps, strategies, lr_range, max_instability)
     target = task if isinstance(task, str) else None
     if workers > 1 and (target is None or not isinstance(storage, str)):
         raise ConfigError(
