@@ -30,8 +30,8 @@ step 8 says little. So:
   of the warm-up measuring a wrecked model (the first step has no median yet and is never
   capped);
 * the probe stops early, with the reason recorded, when the model diverges (the loss becomes
-  NaN/inf or 1000x its first value, or ``MAX_NONFINITE_IN_ROW`` steps in a row had non-finite
-  gradients: the rules of the training loop), or when the batches run out.
+  NaN/inf or 1000x its first value, or ten steps in a row had non-finite gradients: the
+  training loop's rule, :mod:`autoclip.divergence`), or when the batches run out.
 
 Overhead. Nothing on the per-step path waits for an accelerator: losses and norms stay on the
 device and move to the host every ``sync_every`` steps. On the host (CPU tensors) reading a
@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from autoclip import serialize
+from autoclip.divergence import DivergenceCheck
 from autoclip.errors import ConfigError, TaskError
 from autoclip.task import check_loss_fn, check_owns
 
@@ -71,10 +72,7 @@ SAFETY_CLIP = 5.0
 SAMPLE_SIZE = 1024
 # Sampled steps spread over the warm-up.
 SAMPLES = 10
-# Same rules as training: ten non-finite steps in a row, or a loss 1000x its first value,
-# mean the run has diverged.
-MAX_NONFINITE_IN_ROW = 10
-EXPLODE_FACTOR = 1e3
+# When the warm-up has diverged: the training loop's one rule (autoclip/divergence.py).
 # Host copies every 25 steps on an accelerator; free on the host, where it is every step.
 SYNC_EVERY = 25
 # Tests set this to run the accelerator code path (no host reads per step) on the CPU.
@@ -636,30 +634,12 @@ def _warm_up(
     ratios: list[Tensor] = []
     history: list[float] = []  # host: sorted finite norms, for the running median
     hist_buf = torch.full((steps,), math.nan, device=device)  # device: the same, unsorted
-    state: dict[str, Any] = {"nonfinite_in_row": 0, "first_loss": None}
+    rule = DivergenceCheck(skips_nonfinite=True)  # the probe skips a non-finite step itself
 
     def check(step: int, loss: float, norm: float) -> str | None:
-        """Stopping rules, applied to each recorded step in order."""
-        if not math.isfinite(loss):
-            return f"the loss became non-finite ({loss}) at step {step}; the model diverged"
-        first = state["first_loss"]
-        if first is None:
-            state["first_loss"] = first = loss
-        if first > 0 and loss > EXPLODE_FACTOR * first:
-            return (
-                f"the loss exploded to {loss:.4g} (> {EXPLODE_FACTOR:g}x the first) at step "
-                f"{step}; the model diverged"
-            )
-        if math.isfinite(norm):
-            state["nonfinite_in_row"] = 0
-        else:
-            state["nonfinite_in_row"] += 1
-            if state["nonfinite_in_row"] >= MAX_NONFINITE_IN_ROW:
-                return (
-                    f"{MAX_NONFINITE_IN_ROW} steps in a row had non-finite gradients "
-                    f"(by step {step}); the model diverged"
-                )
-        return None
+        """The stopping rule of training (autoclip/divergence.py), each recorded step in order."""
+        reason = rule(step, loss, math.isfinite(norm))
+        return None if reason is None else f"{reason}; the model diverged"
 
     def flush() -> str | None:
         if not pending:

@@ -17,7 +17,8 @@ clipped"). Each race
 * trains ``race_steps`` steps, clipped at its threshold *from the first step*, so a model
   that blows up unclipped is measured under control instead of giving up;
 * stops early when it diverges (a NaN/inf loss, a loss ``DIVERGE_FACTOR`` x the first one,
-  or ``MAX_NONFINITE_IN_ROW`` non-finite gradients in a row).
+  or ten non-finite gradients in a row: :mod:`autoclip.divergence`'s rule, with a lower
+  factor).
 
 Scoring. A race scores the mean training loss of its last quarter (lower is better; the
 batches are the same for every candidate); a loss spike (a loss above twice the median of
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 
 from autoclip import serialize
 from autoclip.clippers import NormClip
+from autoclip.divergence import DivergenceCheck
 from autoclip.errors import ConfigError, TaskError
 from autoclip.probe import (
     _check_loss,
@@ -67,7 +69,6 @@ EXTEND = 1  # budgeted rungs below the ladder when its lowest rung wins (or all 
 REFINE = 1  # one race halfway (in log) between the choice and the rung below it
 # A race whose loss passes 4x its first loss is not coming back within a short race.
 DIVERGE_FACTOR = 4.0
-MAX_NONFINITE_IN_ROW = 10
 RACES = CANDIDATES + EXTEND + REFINE  # the budget is shared out between this many races
 MAX_RACES = 3 * RACES  # when races diverge within a few steps, more of them fit the budget
 SYNC_EVERY = 10
@@ -210,7 +211,7 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
     losses: list[float] = []
     norms: list[float] = []
     n_clipped = 0
-    nonfinite_in_row = 0
+    rule = DivergenceCheck(explode_factor=DIVERGE_FACTOR)  # the clipper skips non-finite steps
     reason = None
     for step, batch in enumerate(batches):
         for p in params:
@@ -245,15 +246,7 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
             losses.append(loss_f)
             norms.append(norm_f)
             n_clipped += bool(was_clipped)
-            nonfinite_in_row = 0 if math.isfinite(norm_f) else nonfinite_in_row + 1
-            if not math.isfinite(loss_f):
-                reason = f"non-finite loss at step {len(losses) - 1}"
-            elif losses[0] > 0 and loss_f > DIVERGE_FACTOR * losses[0]:
-                reason = (
-                    f"loss {loss_f:.3g} > {DIVERGE_FACTOR:g}x the first at step {len(losses) - 1}"
-                )
-            elif nonfinite_in_row >= MAX_NONFINITE_IN_ROW:
-                reason = f"{MAX_NONFINITE_IN_ROW} non-finite gradients in a row"
+            reason = rule(len(losses) - 1, loss_f, math.isfinite(norm_f))
             if reason is not None:
                 break
         pending.clear()

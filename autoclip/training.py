@@ -33,15 +33,13 @@ import torch
 from autoclip import functional as F
 from autoclip import serialize
 from autoclip.clippers import BaseClipper, create_clipper
+from autoclip.divergence import DivergenceCheck
 from autoclip.errors import ConfigError
 from autoclip.task import Task
 
 __all__ = ["TrainLog", "train"]
 
-# A loss 1000x its starting value is not coming back within a short trial.
-EXPLODE_FACTOR = 1e3
-# Ten skipped steps in a row: the clipper is hiding a run that has already diverged.
-MAX_SKIPPED_IN_ROW = 10
+# When a run has diverged: the one rule the probe shares (autoclip/divergence.py).
 
 
 @dataclass(frozen=True)
@@ -144,13 +142,13 @@ def train(
     clipped: list[bool] = []
     pending: list[tuple[torch.Tensor, ...]] = []
     reason: str | None = None
-    skipped_in_row = 0
     nan = torch.tensor(math.nan)
     inf = torch.tensor(math.inf)
     false, true = torch.tensor(False), torch.tensor(True)
 
+    diverged = DivergenceCheck(skips_nonfinite=clip is not None or scaler is not None)
+
     def flush() -> str | None:
-        nonlocal skipped_in_row
         if not pending:
             return None
         rows = torch.stack(
@@ -163,23 +161,10 @@ def train(
             norms.append(norm)
             thresholds.append(thr)
             clipped.append(bool(was_clipped))
-            if not math.isfinite(loss):
-                return f"non-finite loss ({loss}) at step {step}"
-            if not finite and clip is None and scaler is None:
-                return f"non-finite gradient norm at step {step} (no clipper to skip it)"
-            if skipped:  # non-finite (skipped by the clipper or the scaler), or a spike
-                skipped_in_row += 1
-                if skipped_in_row >= MAX_SKIPPED_IN_ROW:
-                    return (
-                        f"{MAX_SKIPPED_IN_ROW} skipped steps in a row (non-finite gradients or "
-                        f"spikes) by step {step}"
-                    )
-            else:
-                skipped_in_row = 0
-            if losses[0] > 0 and loss > EXPLODE_FACTOR * losses[0]:
-                return (
-                    f"loss exploded to {loss:.4g} (> {EXPLODE_FACTOR:g}x the first) at step {step}"
-                )
+            # skipped: non-finite (skipped by the clipper or the scaler), or a skipped spike
+            reason = diverged(step, loss, bool(finite), bool(skipped))
+            if reason is not None:
+                return reason
         return None
 
     stream = task.batch_stream()

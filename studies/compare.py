@@ -411,6 +411,7 @@ class ArmSummary:
 def describe(config: dict[str, Any] | None) -> str:
     if config is None:
         return "-"
+    from autoclip._format import format_value
     from autoclip.clippers import list_clippers
 
     name = config["name"]
@@ -419,7 +420,7 @@ def describe(config: dict[str, Any] | None) -> str:
     known = {info.name: info.param for info in list_clippers()}
     key = known.get(name, "percentile" if name == "autoclip_original" else None)
     if key in config:
-        return f"{name} {config[key]:.3g}"
+        return f"{name} {format_value(config[key])}"
     return name
 
 

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from autoclip.divergence import EXPLODE_FACTOR, MAX_NONFINITE_IN_ROW, DivergenceCheck
+from autoclip.divergence import EXPLODE_FACTOR, MAX_SKIPPED_IN_ROW, DivergenceCheck
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_loss_diverges_at_once(bad):
     check = DivergenceCheck()
     assert check(0, 1.0, True) is None
-    assert check(1, bad, True) == f"the loss became non-finite ({bad}) at step 1"
+    assert check(1, bad, True) == f"non-finite loss ({bad}) at step 1"
 
 
 def test_the_explosion_threshold_is_a_factor_of_the_first_loss():
@@ -27,16 +27,23 @@ def test_the_explosion_threshold_is_a_factor_of_the_first_loss():
 
 def test_skipped_non_finite_steps_count_in_a_row_and_reset():
     check = DivergenceCheck(skips_nonfinite=True)
-    for step in range(MAX_NONFINITE_IN_ROW - 1):
+    for step in range(MAX_SKIPPED_IN_ROW - 1):
         assert check(step, 1.0, False) is None
     assert check(99, 1.0, True) is None  # a finite step resets the count
-    for step in range(MAX_NONFINITE_IN_ROW - 1):
+    for step in range(MAX_SKIPPED_IN_ROW - 1):
         assert check(step, 1.0, False) is None
     assert "in a row" in check(100, 1.0, False)
 
 
 def test_without_a_skip_one_non_finite_gradient_diverges():
-    assert "nothing to skip" in DivergenceCheck(skips_nonfinite=False)(3, 1.0, False)
+    assert "nothing skips" in DivergenceCheck(skips_nonfinite=False)(3, 1.0, False)
+
+
+def test_skipped_spikes_count_too():
+    check = DivergenceCheck()
+    for step in range(MAX_SKIPPED_IN_ROW - 1):
+        assert check(step, 1.0, True, skipped=True) is None
+    assert "in a row" in check(50, 1.0, True, skipped=True)
 
 
 def test_a_zero_first_loss_never_counts_as_an_explosion():
