@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import os
 import platform
 import statistics
@@ -170,13 +171,15 @@ def postgres(url: str | None, enabled: bool) -> Iterator[tuple[str | None, str]]
     if url:
         yield url, "given with --postgres"
         return
-    tests = Path(__file__).resolve().parent.parent / "tests"
-    sys.path.insert(0, str(tests))
-    try:
-        import _postgres
-    except ImportError:
-        yield None, "no tests/_postgres.py beside this script; pass --postgres URL"
+    # The throwaway-server helper the tests use, loaded from its file: sys.path stays as it
+    # was, so nothing of tests/ can shadow an installed module for the rest of the run.
+    helper = Path(__file__).resolve().parent.parent / "tests" / "_postgres.py"
+    if not helper.is_file():
+        yield None, "no tests/_postgres.py in this checkout; pass --postgres URL"
         return
+    spec = importlib.util.spec_from_file_location("_autoclip_bench_postgres", helper)
+    _postgres = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_postgres)
     reason = _postgres.skip_reason()
     if reason:
         yield None, f"skipped: {reason}"
