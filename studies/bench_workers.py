@@ -179,6 +179,7 @@ def postgres(url: str | None, enabled: bool) -> Iterator[tuple[str | None, str]]
         return
     spec = importlib.util.spec_from_file_location("_autoclip_bench_postgres", helper)
     _postgres = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = _postgres  # its dataclasses look their module up there
     spec.loader.exec_module(_postgres)
     reason = _postgres.skip_reason()
     if reason:
