@@ -71,4 +71,8 @@ class StorageError(AutoclipError, RuntimeError):
 
 class UnsupportedError(AutoclipError, NotImplementedError):
     """A setup autoclip does not handle (yet), e.g. a clipper on sharded gradients it cannot
-    measure globally; the message names what to use instead."""
+    measure globally; the message names what to use instead.
+
+    >>> issubclass(UnsupportedError, NotImplementedError)
+    True
+    """

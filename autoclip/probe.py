@@ -40,6 +40,18 @@ outright; on an accelerator it multiplies by a clamped coefficient instead (a no
 then becomes a zero-gradient step, as with the clippers' ``nonfinite="skip"``). With a
 ``GradScaler``, ``scaler.step`` reads its inf flag on the host each step, as it does in
 training.
+
+>>> import torch
+>>> from torch import nn
+>>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+>>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+>>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+>>> model = nn.Linear(4, 1)
+>>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> before = model.weight.detach().clone()
+>>> trace = probe(model, optimizer, loss_fn, batches, steps=20)
+>>> trace.steps_run, trace.layer_names, torch.equal(model.weight, before)
+(20, ('weight', 'bias'), True)
 """
 
 from __future__ import annotations
@@ -89,6 +101,13 @@ _NORM_EPS = 1e-6
 @dataclass(frozen=True)
 class GradTrace:
     """What the warm-up saw, step by step. Plain numbers (host floats), so it serialises.
+
+    >>> trace = GradTrace(norms=(1.0, float("inf"), 2.0), losses=(1.0, 0.9, 0.8),
+    ...                   layer_names=("w",), layer_norms=((1.0,), (float("inf"),), (2.0,)))
+    >>> trace.steps_run, trace.finite_norms
+    (3, (1.0, 2.0))
+    >>> GradTrace.from_json(trace.to_json()).norms  # strict JSON, exact round trip
+    (1.0, inf, 2.0)
 
     Attributes:
         norms: global 2-norm of the raw gradient at each step (``inf``/``nan`` where the
@@ -779,6 +798,17 @@ def _groups(tensors: list[Tensor]) -> dict[tuple, list[Tensor]]:
 
 def probe_task(task: Any, steps: int = 100, **kw: Any) -> GradTrace:
     """:func:`probe` a fresh model and optimizer from ``task.build()``.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> import autoclip
+    >>> task = autoclip.Task(lambda: nn.Linear(4, 1), lambda p: torch.optim.SGD(p, lr=0.1),
+    ...                      loss_fn, batches, steps=20, name="doc")
+    >>> probe_task(task, steps=10).steps_run
+    10
 
     The task's own seed fixes the model; the global random state is restored afterwards,
     as for :func:`probe`. Keyword arguments go to :func:`probe`.

@@ -35,6 +35,13 @@ Without a measurement (``propose(stats)`` alone, or ``suggest(..., budget=0)``),
 candidates fall back to the statistics: ``max_norm`` at the normal regime's median (the median
 of the last quarter when the level drifts, of the steps before the blow-up when the warm-up
 diverged). That value is also the anchor the measurement's ladder is centred on.
+
+>>> from autoclip.probe import GradTrace
+>>> trace = GradTrace(norms=(1.0, 2.0, 1.5, 1.2), losses=(1.0, 0.9, 0.8, 0.7),
+...                   layer_names=("w",), layer_norms=((1.0,), (2.0,), (1.5,), (1.2,)))
+>>> proposal = propose(trace)  # statistics only: the fallback rule, a norm clip at the median
+>>> proposal.recommended.describe(), proposal.space.strategies[:2]
+('norm(max_norm=1.4)', ('norm', 'value'))
 """
 
 from __future__ import annotations
@@ -81,7 +88,14 @@ MIN_RACE_BUDGET = RACES  # one step per race at least
 
 @dataclass(frozen=True)
 class Candidate:
-    """One clipper setting: ``create_clipper(strategy, **params)``, and why."""
+    """One clipper setting: ``create_clipper(strategy, **params)``, and why.
+
+    >>> c = Candidate("norm", {"max_norm": 1.0}, "the measured threshold")
+    >>> c.config, c.describe()
+    ({'name': 'norm', 'max_norm': 1.0}, 'norm(max_norm=1)')
+    >>> c.clipper()
+    NormClip(max_norm=1.0, norm_type=2.0, nonfinite='skip')
+    """
 
     strategy: str
     params: dict[str, Any]
@@ -173,7 +187,16 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class Proposal:
-    """The recommended clipper, a candidate for every strategy, and the search ranges."""
+    """The recommended clipper, a candidate for every strategy, and the search ranges.
+
+    >>> from autoclip.probe import GradTrace
+    >>> p = propose(GradTrace(norms=(1.0, 2.0, 1.5), losses=(1.0, 0.9, 0.8),
+    ...                       layer_names=("w",), layer_norms=((1.0,), (2.0,), (1.5,))))
+    >>> type(p.clipper()).__name__, p.candidate("quantile").strategy
+    ('NormClip', 'quantile')
+    >>> Proposal.from_json(p.to_json()) == p
+    True
+    """
 
     recommended: Candidate
     reason: str
@@ -503,6 +526,18 @@ def suggest(
 ) -> Proposal:
     """The one call before training: warm-up, statistics, measured races, proposal.
 
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> model = nn.Linear(4, 1)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> proposal = suggest(model, optimizer, loss_fn, batches, budget=60)
+    >>> proposal.steps_spent <= 60, proposal.response is not None
+    (True, True)
+    >>> handle = proposal.clipper().attach(optimizer)  # then train as usual
+
     ``suggest(model, optimizer, loss_fn, batches).clipper().attach(optimizer)`` and train;
     the model, optimizer, scaler and random state are left exactly as they were.
 
@@ -563,6 +598,17 @@ def suggest_task(
     task: Any, steps: int | None = None, *, budget: int = BUDGET, **kw: Any
 ) -> Proposal:
     """:func:`suggest` on a fresh model and optimizer from ``task.build()`` (its own seed).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> import autoclip
+    >>> task = autoclip.Task(lambda: nn.Linear(4, 1), lambda p: torch.optim.SGD(p, lr=0.1),
+    ...                      loss_fn, batches, steps=20, name="doc")
+    >>> suggest_task(task, budget=60).steps_spent <= 60
+    True
 
     ``task`` is a :class:`autoclip.Task` or a target for :func:`autoclip.load_task`; the
     global random state is restored afterwards. Keyword arguments go to :func:`suggest`.

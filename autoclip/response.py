@@ -85,6 +85,13 @@ SPIKE_PENALTY = 0.5
 class ResponseCurve:
     """What the races measured. Plain numbers, so it serialises (strict JSON via ``to_json``).
 
+    >>> r = ResponseCurve(thresholds=(0.1, 1.0), scores=(0.5, float("inf")),
+    ...                   losses=((1.0,), (9.0,)), diverged=(False, True), spikes=((), ()),
+    ...                   clipped=(1.0, 0.5), chosen=0.1, chosen_index=0, chosen_norms=(2.0,),
+    ...                   anchor=1.0, race_steps=1, steps_spent=2)
+    >>> r.chosen, ResponseCurve.from_json(r.to_json()).scores
+    (0.1, (0.5, inf))
+
     Attributes:
         thresholds: the candidate ``max_norm`` values raced, ascending.
         scores: each race's score (mean loss of its last quarter plus spike penalties; inf
@@ -315,6 +322,17 @@ def measure_response(
     progress: Callable[[int, int], None] | None = None,
 ) -> ResponseCurve:
     """Race candidate ``max_norm`` thresholds around ``anchor``; restore everything after.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> model = nn.Linear(4, 1)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> r = measure_response(model, optimizer, loss_fn, batches, anchor=1.0, budget=40)
+    >>> r.chosen in r.thresholds, r.steps_spent <= 40
+    (True, True)
 
     Args:
         model, optimizer, loss_fn, batches, scaler: as for :func:`autoclip.probe`; the same

@@ -97,6 +97,13 @@ class GradStats:
 
     Norm fields are global 2-norms in the gradient's own units; ``trend`` and
     ``settled_trend`` are slopes of the natural log of the norm per step.
+
+    >>> from autoclip.probe import GradTrace
+    >>> trace = GradTrace(norms=(1.0, 2.0, 1.5, 1.2), losses=(1.0, 0.9, 0.8, 0.7),
+    ...                   layer_names=("w",), layer_norms=((1.0,), (2.0,), (1.5,), (1.2,)))
+    >>> st = compute_stats(trace)
+    >>> st.steps, st.p50, st.max
+    (4, 1.35, 2.0)
     """
 
     # the run
@@ -361,7 +368,14 @@ def find_spikes(residual: np.ndarray) -> tuple[np.ndarray, int, float]:
 
 
 def compute_stats(trace: GradTrace) -> GradStats:
-    """Robust statistics of ``trace`` (see the module docstring)."""
+    """Robust statistics of ``trace`` (see the module docstring).
+
+    >>> from autoclip.probe import GradTrace
+    >>> trace = GradTrace(norms=(1.0, 2.0, 1.5, 1.2), losses=(1.0, 0.9, 0.8, 0.7),
+    ...                   layer_names=("w",), layer_norms=((1.0,), (2.0,), (1.5,), (1.2,)))
+    >>> compute_stats(trace).median
+    1.35
+    """
     if not isinstance(trace, GradTrace):
         raise ConfigError(f"compute_stats needs a GradTrace, but got {type(trace).__name__}")
     norms = np.asarray(trace.norms, dtype=float)

@@ -24,7 +24,11 @@ from autoclip.search._study import _load_study
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial (or baseline run) as the report shows it."""
+    """One trial (or baseline run) as the report shows it.
+
+    >>> TrialRecord(number=0, state="COMPLETE", config={"name": "norm", "max_norm": 0.5}).label
+    'norm(max_norm=0.5)'
+    """
 
     number: int
     state: str
@@ -66,6 +70,20 @@ class TuneResult:
         train_steps: optimizer steps spent (probe + trials + baselines).
         cost: those steps by item: the probe, the baselines, each rung, full length.
         warning: why there is no choice, or what to distrust about it.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> import autoclip
+    >>> task = autoclip.Task(lambda: nn.Linear(4, 1), lambda p: torch.optim.SGD(p, lr=0.1),
+    ...                      loss_fn, batches, steps=20, name="doc")
+    >>> result = autoclip.tune(task, n_trials=3, probe_steps=5, baselines=False)
+    >>> len(result.trials), result.chosen.state, isinstance(result.clipper(), autoclip.BaseClipper)
+    (3, 'COMPLETE', True)
+    >>> TuneResult.from_json(result.to_json()).chosen == result.chosen
+    True
     """
 
     study_name: str
@@ -104,6 +122,11 @@ class TuneResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TuneResult:
         return serialize.from_plain(cls, d)
+
+    @classmethod
+    def from_json(cls, text: str) -> TuneResult:
+        """Read back :meth:`to_json` (a ``result.json``)."""
+        return serialize.loads(text, cls)
 
 
 def _record(t: FrozenTrial) -> TrialRecord:
@@ -228,7 +251,23 @@ def load_result(
     *,
     weights: Sequence[float] | None = None,
 ) -> TuneResult:
-    """Summarise an existing study from its storage (the study's only one if no name)."""
+    """Summarise an existing study from its storage (the study's only one if no name).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> import autoclip
+    >>> task = autoclip.Task(lambda: nn.Linear(4, 1), lambda p: torch.optim.SGD(p, lr=0.1),
+    ...                      loss_fn, batches, steps=20, name="doc")
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "doc.journal")
+    >>> _ = autoclip.tune(task, n_trials=2, probe_steps=5, storage=path, baselines=False)
+    >>> result = load_result(path)
+    >>> result.study_name, len(result.trials)
+    ('autoclip-doc', 2)
+    """
     store = open_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store)]
     if study_name is None:

@@ -62,6 +62,24 @@ def suggest_clipper(
     Parameters are named ``{prefix}.strategy`` and ``{prefix}.{strategy}.{param}``, with the
     ranges of ``proposal.space`` on the registry's scale; adaptive clippers come warm-started
     from the probe's norms.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> import autoclip
+    >>> task = autoclip.Task(lambda: nn.Linear(4, 1), lambda p: torch.optim.SGD(p, lr=0.1),
+    ...                      loss_fn, batches, steps=20, name="doc")
+    >>> import optuna
+    >>> proposal = autoclip.suggest_task(task, budget=40)
+    >>> def objective(trial):
+    ...     clipper = suggest_clipper(trial, proposal, strategies=["norm"])
+    ...     return autoclip.objectives.final_loss(autoclip.train(task, clipper))
+    >>> study = optuna.create_study()
+    >>> study.optimize(objective, n_trials=2)
+    >>> sorted(study.best_params)
+    ['clip.norm.max_norm', 'clip.strategy']
     """
     strategies = check_strategies(proposal, strategies or proposal.space.strategies)
     strategy = trial.suggest_categorical(f"{prefix}.strategy", list(strategies))

@@ -124,6 +124,18 @@ def tune(
             length of the first rung (the whole length without ``fidelity``).
         fidelity: successive halving over trial lengths (see ``autoclip.search._fidelity``);
             False trains every trial for the full length.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import autoclip
+    >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    >>> batches = [(x[i : i + 16], x[i : i + 16].sum(1, keepdim=True)) for i in range(0, 64, 16)]
+    >>> loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])
+    >>> task = autoclip.Task(lambda: nn.Linear(4, 1), lambda p: torch.optim.SGD(p, lr=0.1),
+    ...                      loss_fn, batches, steps=20, name="doc")
+    >>> result = tune(task, n_trials=3, probe_steps=5)
+    >>> len(result.trials), sorted(result.baselines), result.chosen is not None
+    (3, ['fixed norm 1.0', 'no clipping'], True)
     """
     if mode not in MODES:
         raise ConfigError(f"`mode` must be one of {MODES}, but got {mode!r}")
