@@ -137,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python studies/readme_outputs.py")
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if stale")
     parser.add_argument("--only-checked", action="store_true", help="rerun the checked blocks")
+    parser.add_argument("--readme", type=Path, default=README, help="the file to rewrite")
     args = parser.parse_args(argv)
-    text = README.read_text()
+    readme = args.readme
+    text = readme.read_text()
     new, changed = render(text, only_checked=args.only_checked or args.check)
     if args.check:
         for b, fresh in changed:
@@ -147,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 difflib.unified_diff(b.body.splitlines(True), fresh.splitlines(True))
             )
         return 1 if changed else 0
-    README.write_text(new)
-    print(f"rewrote {len(changed)} of {len(blocks(text))} output blocks in {README}")
+    readme.write_text(new)
+    print(f"rewrote {len(changed)} of {len(blocks(text))} output blocks in {readme}")
     return 0
 
 
