@@ -10,14 +10,13 @@ shell's code for SIGINT). ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from pathlib import Path
 
 import click
 
-from autoclip import report, report_tune
+from autoclip import report, report_tune, serialize
 from autoclip.errors import AutoclipError, ConfigError, TaskError
 
 DEFAULT_STORAGE = "autoclip.journal"  # in the working directory, so a rerun resumes
@@ -305,7 +304,7 @@ def tune(
     if as_json:
         click.echo(result.to_json())
     elif quiet:  # one line for scripts: the chosen configuration
-        click.echo(json.dumps(result.best_config))
+        click.echo(serialize.dumps(result.best_config))
     else:
         click.echo(report_tune.format_tune(result))
         click.echo("wrote " + ", ".join(str(f) for f in files))
