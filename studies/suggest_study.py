@@ -60,6 +60,17 @@ SEEDS = (0, 1, 2)
 WITHIN = 1.10  # the goal: suggest <= 1.10 x the best grid point
 
 
+def rule_version() -> str:
+    """A hash of the code that makes suggest's choice, so cached suggest runs can be reused."""
+    import hashlib
+
+    import autoclip
+
+    root = Path(autoclip.__file__).parent
+    text = "".join((root / f).read_text() for f in ("response.py", "propose.py", "probe.py"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def arms() -> dict[str, dict[str, Any] | None]:
     out: dict[str, dict[str, Any] | None] = {"none": None}
     for c in GRID:
@@ -94,6 +105,7 @@ def _train(name: str, seed: int, arm: str, config: dict | None, steps: int | Non
         proposal = autoclip.suggest(model, optimizer, task.compute_loss, task.batches)
         clip = proposal.clipper()
         extra = {
+            "rule": rule_version(),
             "steps_spent": int(getattr(proposal, "steps_spent", 100)),
             "suggest_cpu_s": time.process_time() - cpu,
             "reason": proposal.reason,
@@ -127,8 +139,9 @@ def load_cache(path: Path = CACHE) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run(tasks, seeds, steps, jobs, only_suggest, baselines_only=False, log=print) -> None:
+def run(tasks, seeds, steps, jobs, only_suggest, baselines_only=False, resume=False, log=print):
     cache = load_cache()
+    rule = rule_version()
     todo = []
     for name in tasks:
         for seed in seeds:
@@ -136,6 +149,8 @@ def run(tasks, seeds, steps, jobs, only_suggest, baselines_only=False, log=print
                 key = f"{name}|{seed}|{arm}|{steps}"
                 if arm == "suggest" and baselines_only:
                     continue
+                if arm == "suggest" and resume and cache.get(key, {}).get("rule") == rule:
+                    continue  # already measured with this very rule
                 if arm == "suggest" or (key not in cache and not only_suggest):
                     todo.append((name, seed, arm, config, steps))
     ctx = multiprocessing.get_context("spawn")
@@ -167,6 +182,18 @@ def report(tasks, seeds, steps, command: str, started: float) -> str:
         f"- date: {date}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
         f"numpy {np.__version__}; {os.cpu_count()} CPUs, 1 torch thread per run",
+        "- suggest rule code of the runs in the table (hash of autoclip/response.py, "
+        "propose.py, probe.py): "
+        + ", ".join(
+            sorted(
+                {
+                    str(r.get("rule", "before the measured rule"))
+                    for k, r in cache.items()
+                    if r["arm"] == "suggest" and r["task"] in tasks and r["seed"] in seeds
+                }
+            )
+        )
+        + f" (current code: {rule_version()})",
         f"- seeds {list(seeds)}; steps per run: "
         + ("each task's default" if steps is None else str(steps)),
         f"- design studies (the rule was tuned on these): {', '.join(DESIGN_TASKS)}; "
@@ -275,12 +302,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--baselines-only", action="store_true", help="train the grid and baselines only"
     )
+    p.add_argument(
+        "--resume", action="store_true", help="keep suggest runs made by the same rule code"
+    )
     p.add_argument("--report", action="store_true", help="only rewrite the table from the cache")
     p.add_argument("--out", type=Path, default=RESULTS / "suggest.md")
     args = p.parse_args(argv)
     started = time.time()
     if not args.report:
-        run(args.tasks, args.seeds, args.steps, args.jobs, args.only_suggest, args.baselines_only)
+        run(
+            args.tasks,
+            args.seeds,
+            args.steps,
+            args.jobs,
+            args.only_suggest,
+            args.baselines_only,
+            args.resume,
+        )
     command = "python -m autoclip_studies.suggest_study " + shlex.join(
         sys.argv[1:] if argv is None else list(argv)
     )
