@@ -176,7 +176,8 @@ def test_tune_on_an_exploding_task_avoids_divergence():
     assert res.warning is None
     assert res.chosen is not None and not res.chosen.diverged
     done = [t for t in res.trials if t.state == "COMPLETE" and not t.diverged]
-    assert res.chosen.values[0] == min(t.values[0] for t in done)
+    feasible = [t for t in done if t.values[2] <= 0.05] or done
+    assert res.chosen.values[0] == min(t.values[0] for t in feasible)
 
 
 def test_when_every_trial_diverges_nothing_is_chosen():
@@ -273,3 +274,37 @@ def test_the_study_names_its_metrics_and_keeps_its_attributes_small(tmp_path):
     assert len(__import__("json").dumps(study.user_attrs)) < 1000  # no proposal JSON there
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(t.user_attrs["autoclip.trial"]["rungs"] for t in pruned)
+
+
+def test_a_survivor_that_diverges_is_replaced_by_the_next_of_its_rung():
+    """Four members, rungs at 10 and 20 of 30 steps: 2 go on past the first rung, 1 past the
+    second. The best (0) diverges after the last rung: 1, the runner-up there, continues in
+    its place; 2 and 3 stay paused until the bracket is settled and are then pruned."""
+    import threading
+
+    from autoclip.search._bracket import Bracket
+
+    bracket = Bracket(4, Plan(steps=30, rungs=(10, 20)), pareto=False)
+    outcome = {}
+
+    def member(k: int) -> None:
+        bracket.join(k)
+        for rung, step in enumerate((9, 19)):
+            if not bracket.at_rung(k, rung, [(step, 1.0 + k)]):
+                outcome[k] = f"pruned at rung {rung + 1}"
+                bracket.leave(k)
+                return
+        outcome[k] = "diverged" if k == 0 else "complete"
+        bracket.leave(k, failed=k == 0)
+
+    threads = [threading.Thread(target=member, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert outcome == {
+        0: "diverged",
+        1: "complete",
+        2: "pruned at rung 1",
+        3: "pruned at rung 1",
+    }
