@@ -308,3 +308,13 @@ def test_a_survivor_that_diverges_is_replaced_by_the_next_of_its_rung():
         2: "pruned at rung 1",
         3: "pruned at rung 1",
     }
+
+
+def test_two_workers_split_the_budget_into_brackets_of_their_share(tmp_path):
+    """6 trials, 2 workers: brackets of 3 (each keeps 1 to full length), whichever process
+    runs them (with trials this short the coordinator may run both before its worker starts)."""
+    target = f"{__import__('pathlib').Path(__file__).parent / '_tasks.py'}:make_task"
+    path = str(tmp_path / "w.journal")
+    res = tune(target, n_trials=6, steps=30, storage=path, probe_steps=10, workers=2)
+    states = [t.state for t in res.trials]
+    assert len(states) == 6 and states.count("COMPLETE") == 2 and states.count("PRUNED") == 4
