@@ -180,7 +180,8 @@ def test_tune_on_an_exploding_task_avoids_divergence():
     assert res.warning is None
     assert res.chosen is not None and not res.chosen.diverged
     done = [t for t in res.trials if t.state == "COMPLETE" and not t.diverged]
-    assert res.chosen.values[0] == min(t.values[0] for t in done)
+    feasible = [t for t in done if t.values[2] <= 0.05] or done
+    assert res.chosen.values[0] == min(t.values[0] for t in feasible)
 
 
 def test_when_every_trial_diverges_nothing_is_chosen():
@@ -277,3 +278,47 @@ def test_the_study_names_its_metrics_and_keeps_its_attributes_small(tmp_path):
     assert len(__import__("json").dumps(study.user_attrs)) < 1000  # no proposal JSON there
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(t.user_attrs["autoclip.trial"]["rungs"] for t in pruned)
+
+
+def test_a_survivor_that_diverges_is_replaced_by_the_next_of_its_rung():
+    """Four members, rungs at 10 and 20 of 30 steps: 2 go on past the first rung, 1 past the
+    second. The best (0) diverges after the last rung: 1, the runner-up there, continues in
+    its place; 2 and 3 stay paused until the bracket is settled and are then pruned."""
+    import threading
+
+    from autoclip.search._bracket import Bracket
+
+    bracket = Bracket(4, Plan(steps=30, rungs=(10, 20)), pareto=False)
+    outcome = {}
+
+    def member(k: int) -> None:
+        bracket.join(k)
+        for rung, step in enumerate((9, 19)):
+            if not bracket.at_rung(k, rung, [(step, 1.0 + k)]):
+                outcome[k] = f"pruned at rung {rung + 1}"
+                bracket.leave(k)
+                return
+        outcome[k] = "diverged" if k == 0 else "complete"
+        bracket.leave(k, failed=k == 0)
+
+    threads = [threading.Thread(target=member, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert outcome == {
+        0: "diverged",
+        1: "complete",
+        2: "pruned at rung 1",
+        3: "pruned at rung 1",
+    }
+
+
+def test_two_workers_split_the_budget_into_brackets_of_their_share(tmp_path):
+    """6 trials, 2 workers: brackets of 3 (each keeps 1 to full length), whichever process
+    runs them (with trials this short the coordinator may run both before its worker starts)."""
+    target = f"{__import__('pathlib').Path(__file__).parent / '_tasks.py'}:make_task"
+    path = str(tmp_path / "w.journal")
+    res = tune(target, n_trials=6, steps=30, storage=path, probe_steps=10, workers=2)
+    states = [t.state for t in res.trials]
+    assert len(states) == 6 and states.count("COMPLETE") == 2 and states.count("PRUNED") == 4

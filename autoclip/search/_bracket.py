@@ -56,6 +56,9 @@ class Bracket:
         self._ended: set[int] = set()
         self._arrived: list[dict[int, tuple[float, ...]]] = [{} for _ in plan.rungs]
         self._promoted: list[list[int] | None] = [None for _ in plan.rungs]
+        self._order: list[list[int]] = [[] for _ in plan.rungs]  # each rung's full ranking
+        self._from: dict[int, int] = {}  # member -> the rung it was last promoted from
+        self._parked: set[int] = set()  # not promoted, kept paused in case one is needed
         self._started = time.monotonic()
 
     # -- a member's side ---------------------------------------------------------------------
@@ -66,9 +69,18 @@ class Bracket:
             self._cond.notify_all()
         self._acquire(key)
 
-    def leave(self, key: int) -> None:
-        """The member ended (finished, pruned, failed): let the others go on."""
+    def leave(self, key: int, failed: bool = False) -> None:
+        """The member ended (finished, pruned, failed). A promoted member that ``failed``
+        (diverged, or raised) is replaced by the next of the rung it was promoted from, so
+        that a divergence after a rung does not leave the bracket without a survivor."""
         with self._cond:
+            if failed and key in self._from:
+                rung = self._from[key]
+                spare = [k for k in self._order[rung] if k in self._parked]
+                if spare:
+                    self._parked.discard(spare[0])
+                    self._promoted[rung].append(spare[0])
+                    self._from[spare[0]] = rung
             self._ended.add(key)
             self._waiting.discard(key)
             if self._holder == key:
@@ -77,7 +89,11 @@ class Bracket:
             self._cond.notify_all()
 
     def at_rung(self, key: int, rung: int, curve: Sequence[tuple[int, float]]) -> bool:
-        """Report ``curve`` at rung ``rung``; True when the trial continues (its turn again)."""
+        """Report ``curve`` at rung ``rung``; True when the trial continues (its turn again).
+
+        A member not promoted stays paused until the bracket is settled (every other member
+        ended or paused too), then is pruned: until then it may replace a failed one.
+        """
         scores = partial_objectives(curve, self.plan.steps)
         state = _rng_state()
         with self._cond:
@@ -88,12 +104,21 @@ class Bracket:
             while self._promoted[rung] is None and not self.interrupted:
                 self._cond.wait(0.2)
                 self._decide_all()
+            if key not in (self._promoted[rung] or ()):
+                self._parked.add(key)
+                self._cond.notify_all()
+                while not (self.interrupted or key in self._promoted[rung] or self._settled()):
+                    self._cond.wait(0.2)
+                self._parked.discard(key)
             go = key in (self._promoted[rung] or ())
         self.check()
         if go:
             self._acquire(key)
             _set_rng_state(state)
         return go
+
+    def _settled(self) -> bool:
+        return self._all_joined() and len(self._ended | self._parked) >= len(self._joined)
 
     def _acquire(self, key: int) -> None:
         with self._cond:
@@ -143,4 +168,7 @@ class Bracket:
         if any(k not in arrived and k not in self._ended for k in expected):
             return
         scores = {k: v for k, v in arrived.items() if k in expected}
-        self._promoted[rung], _ = promote(scores, self.keep[rung], self.pareto)
+        self._order[rung], _ = promote(scores, len(scores), self.pareto)
+        self._promoted[rung] = list(self._order[rung][: self.keep[rung]])
+        for k in self._promoted[rung]:
+            self._from[k] = rung

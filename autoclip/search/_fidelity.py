@@ -11,11 +11,15 @@ Short horizons favour clipping that is too tight: early on, a tight threshold gi
 low curve, and a looser one spikes before it overtakes. Rungs therefore rank on a forecast of
 the loss at full length, not on the loss at the rung: the curve's level (the median of the
 rung's last quarter) carried forward along its trend (the slope of log loss against log step
-over the rung's second half, bounded to [-0.5, 0]: one lucky batch is no power law, and a
-rising curve is judged on its level, never extrapolated up). In
+over the rung's second half), with the trend's credit bounded to 20% of the level: a plateau
+(what a too-tight threshold gives) must be 20% lower than a curve still falling to beat it,
+while a level that is far worse is not rescued by a noisy slope. In
 Pareto mode the rung ranks configurations by non-dominated sorting of (forecast loss, speed so
 far, instability so far) — Optuna does not prune multi-objective studies — and breaks ties
-within a front by the distance to the ideal point, as the final choice does.
+within a front by the distance to the ideal point, as the final choice does. Forecasts within
+5% of the best are a tie, which the study's order breaks: the measured recommendation was
+enqueued first, the proposal's other candidates next, the sampler's points last (speed and
+instability so far, which favour tight clipping too, do not break it).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ ETA = 3  # keep a third at each rung
 RUNGS = 2  # rungs before full length: steps/9 and steps/3
 SYNC = 10  # training.train reports a loss every 10 steps; rungs fall on those points
 MIN_TREND_POINTS = 4  # fewer points in a rung's second half: batch noise, not a trend
-MIN_SLOPE = -0.5  # steepest trend credited: loss ~ step^-0.5 (a steeper fit is noise)
+TIE = 0.05  # forecasts within 5% of the best are a tie at a rung
+MAX_CREDIT = 0.2  # a falling curve's forecast is at most 20% below its level
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,10 @@ def forecast(curve: Sequence[tuple[int, float]], steps: int) -> float:
     if level <= 0 or len(y) - half < MIN_TREND_POINTS or np.any(y[half:] <= 0):
         return level
     slope = float(np.polyfit(np.log(t[half:]), np.log(y[half:]), 1)[0])
-    slope = min(max(slope, MIN_SLOPE), 0.0)
-    return level * (steps / t[-1]) ** slope
+    # The trend's credit is bounded: a few noisy points extrapolated over a long horizon
+    # would otherwise rank on noise. A curve still falling may gain up to MAX_CREDIT on a
+    # flat one; a rising curve is judged on its level.
+    return level * max(min((steps / t[-1]) ** slope, 1.0), 1.0 - MAX_CREDIT)
 
 
 def partial_objectives(curve: Sequence[tuple[int, float]], steps: int) -> tuple[float, ...]:
@@ -131,17 +138,21 @@ def promote(
     ids = [i for i, v in scores.items() if math.isfinite(v[0])]
     if not ids:
         return [], {}
+    pts = np.asarray([scores[i] for i in ids], dtype=float)
     if not pareto:
         key = {i: float(scores[i][0]) for i in ids}
     else:
-        pts = np.asarray([scores[i] for i in ids], dtype=float)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         norm = (pts - lo) / np.where(hi > lo, hi - lo, 1.0)
         ranks = nondominated_ranks(pts)
-        dist = np.linalg.norm(norm, axis=1)
-        key = {
-            i: float(r) + float(d) / (1 + math.sqrt(pts.shape[1]))
-            for i, r, d in zip(ids, ranks, dist, strict=True)
-        }
-    order = sorted(ids, key=lambda i: (key[i], i))
+        dist = np.linalg.norm(norm, axis=1) / (1 + math.sqrt(pts.shape[1]))  # < 1
+        key = {i: float(r) + float(d) for i, r, d in zip(ids, ranks, dist, strict=True)}
+    # Forecasts within TIE of the best are too close to call at a short horizon: among those
+    # the study's own order decides (the measured recommendation first, then the proposal's
+    # candidates, then the sampler's points). Not speed or instability so far: those favour
+    # tight clipping at a short horizon just as the loss does.
+    best = min(scores[i][0] for i in ids)
+    tied = [i for i in ids if scores[i][0] <= best + TIE * abs(best)]
+    rest = [i for i in ids if i not in tied]
+    order = sorted(tied) + sorted(rest, key=lambda i: (key[i], i))
     return order[:keep], key

@@ -169,7 +169,8 @@ def _run_worker(
             raise
         finally:
             if bracket is not None:
-                bracket.leave(trial.number)
+                failed = rec.get("diverged") or rec.get("objectives") is None
+                bracket.leave(trial.number, failed=bool(failed) and "rungs" in rec)
             # the one write of what the trial found, in strict JSON (inf objectives included)
             trial.set_user_attr(ATTR + "trial", serialize.encode(rec))
 
