@@ -769,3 +769,22 @@ def test_fixed_clippers_are_idempotent(values, limit, norm_type):
     norm_clip(ps)
     for p, g in zip(ps, once, strict=True):  # a second pass rescales by at most eps / limit
         torch.testing.assert_close(p.grad, g, rtol=1e-5 + 1e-6 / limit, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_host_clipped_decision_rounds_like_the_coefficient_kernel(dtype):
+    """On the host NormClip decides "clipped" in Python; it must agree with the tensor
+    coefficient torch computes, including at the boundary total ~= max_norm - 1e-6."""
+    from autoclip.clippers._base import _coef_below_one
+
+    rng = np.random.default_rng(0)
+    for max_norm in [1.0, 0.3, 7.77, 1e-5, 123.456]:
+        centre = torch.tensor(max_norm - 1e-6, dtype=dtype)
+        near = [centre]
+        for _ in range(40):  # walk ulp by ulp on both sides of the boundary
+            near.append(torch.nextafter(near[-1], torch.tensor(math.inf, dtype=dtype)))
+            near.insert(0, torch.nextafter(near[0], torch.tensor(-math.inf, dtype=dtype)))
+        spread = torch.tensor(max_norm * rng.lognormal(0, 1, size=200), dtype=dtype)
+        for total in [*near, *spread]:
+            expected = bool(F.norm_clip_coef(total, max_norm) < 1.0)
+            assert _coef_below_one(total.item(), max_norm, dtype) == expected, (max_norm, total)

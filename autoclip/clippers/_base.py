@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,6 +42,9 @@ from autoclip import functional as F
 from autoclip.errors import ConfigError, NonFiniteGradientError, UnsupportedError
 
 NONFINITE_POLICIES = ("skip", "raise")
+# Shared flags for host-side steps whose outcome is known without a kernel (never mutated).
+_TRUE = torch.ones((), dtype=torch.bool)
+_FALSE = torch.zeros((), dtype=torch.bool)
 SPIKE_POLICIES = ("clip", "skip")
 
 
@@ -95,6 +99,10 @@ class BaseClipper(abc.ABC):
             "spikes": torch.zeros((), dtype=torch.long),
         }
         self._state.update(self._initial_state())
+        # Finite host steps (and clipped ones) not yet added to _state: a Python int is
+        # cheaper than a tensor op per step; folded in whenever the state is read.
+        self._host_steps = 0
+        self._host_clipped = 0
 
     # -- what subclasses provide -------------------------------------------------------------
     def _initial_state(self) -> dict[str, Tensor]:
@@ -152,22 +160,18 @@ class BaseClipper(abc.ABC):
         if grad_scale is not None:
             total = total / grad_scale.to(device=total.device, dtype=total.dtype)
         self._to(total.device)
+        if found_inf is None and total.device.type == "cpu":
+            return self._host_step(params, grads, total)
         # A norm is >= 0 or NaN, so one comparison is isfinite (which costs four small ops).
         finite = total < math.inf
         counted = None if found_inf is None else found_inf.to(total.device) <= 0
         if self.nonfinite == "raise":
             bad = ~finite if counted is None else ~finite & counted
             if bool(bad):
-                raise NonFiniteGradientError(
-                    f"the total norm of order {self.norm_type} of the gradients is non-finite "
-                    f"({total.item()}); fix the loss or learning rate, or set nonfinite='skip' "
-                    "to skip such steps instead"
-                )
+                self._raise_nonfinite(total)
         if counted is not None:
             finite = finite & counted
-        out = self._clip(params, grads, total, finite)
-        # (threshold, clipped) from a subclass written before skip policies: keep = finite.
-        threshold, clipped, keep = out if len(out) == 3 else (*out, finite)
+        threshold, clipped, keep = self._clip3(params, grads, total, finite)
         if self.nonfinite == "skip" or counted is not None:
             F.zero_nonfinite_(grads, finite)
         skipped = ~keep
@@ -184,6 +188,49 @@ class BaseClipper(abc.ABC):
         result = ClipResult(total, threshold, clipped, finite, skipped)
         self.last_result_ = result
         return result
+
+    def _host_step(self, params: list[Tensor], grads: list[Tensor], total: Tensor) -> ClipResult:
+        """The step for gradients in host memory, where reading a value costs nothing: one
+        read of the norm, then a finite step (the common case) skips the skip bookkeeping."""
+        self._total_f = total.item()
+        ok = math.isfinite(self._total_f)
+        if not ok and self.nonfinite == "raise":
+            self._raise_nonfinite(total)
+        finite = _TRUE if ok else _FALSE
+        threshold, clipped, keep = self._clip3(params, grads, total, finite)
+        st = self._state
+        if keep is _TRUE:
+            if clipped is _TRUE or clipped is _FALSE:  # decided on the host: count it there
+                self._host_clipped += clipped is _TRUE
+            else:
+                st["clipped"] += clipped
+            self._host_steps += 1
+            result = ClipResult(total, threshold, clipped, finite, _FALSE)
+        else:
+            if not ok:
+                for g in grads:  # clipping multiplied them by 0: this clears the NaN/inf ones
+                    g.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            skipped = ~keep
+            clipped = clipped & keep
+            st["steps"] += 1
+            st["skipped"] += skipped
+            st["clipped"] += clipped
+            st["spikes"] += skipped & finite
+            result = ClipResult(total, threshold, clipped, finite, skipped)
+        self.last_result_ = result
+        return result
+
+    def _clip3(self, params, grads, total, finite) -> tuple[Tensor, Tensor, Tensor]:
+        out = self._clip(params, grads, total, finite)
+        # (threshold, clipped) from a subclass written before skip policies: keep = finite.
+        return out if len(out) == 3 else (*out, finite)
+
+    def _raise_nonfinite(self, total: Tensor) -> None:
+        raise NonFiniteGradientError(
+            f"the total norm of order {self.norm_type} of the gradients is non-finite "
+            f"({total.item()}); fix the loss or learning rate, or set nonfinite='skip' "
+            "to skip such steps instead"
+        )
 
     def attach(self, optimizer: torch.optim.Optimizer) -> torch.utils.hooks.RemovableHandle:
         """Clip the optimizer's parameters before every ``optimizer.step()``.
@@ -220,9 +267,18 @@ class BaseClipper(abc.ABC):
         raise NotImplementedError
 
     # -- state -------------------------------------------------------------------------------
+    def _fold_steps(self) -> None:
+        if self._host_steps:
+            self._state["steps"] += self._host_steps
+            self._host_steps = 0
+        if self._host_clipped:
+            self._state["clipped"] += self._host_clipped
+            self._host_clipped = 0
+
     @property
     def steps(self) -> Tensor:
         """Number of calls so far (tensor)."""
+        self._fold_steps()
         return self._state["steps"]
 
     @property
@@ -238,14 +294,17 @@ class BaseClipper(abc.ABC):
     @property
     def clipped(self) -> Tensor:
         """Number of steps that were clipped (tensor)."""
+        self._fold_steps()
         return self._state["clipped"]
 
     def _to(self, device: torch.device) -> None:
         if self._state["steps"].device != device:
+            self._fold_steps()
             self._state = {k: v.to(device) for k, v in self._state.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Adaptive state and counters, plus the config, so a resumed run clips identically."""
+        self._fold_steps()
         return {
             "config": self.config,
             "state": {k: v.detach().clone() for k, v in self._state.items()},
@@ -262,6 +321,7 @@ class BaseClipper(abc.ABC):
             raise ConfigError(f"state_dict lacks the entries {sorted(missing)}")
         device = self._state["steps"].device
         self._state = {k: state_dict["state"][k].detach().clone().to(device) for k in self._state}
+        self._host_steps = self._host_clipped = 0
 
     # -- config ------------------------------------------------------------------------------
     @classmethod
@@ -302,12 +362,26 @@ class NormBasedClipper(BaseClipper):
         """Scale ``grads`` by ``min(1, max_norm / (total + 1e-6))`` (0 for a skipped step);
         return whether that scaled them down."""
         coef = F.norm_clip_coef(total, max_norm)
-        clipped = coef < 1.0
-        if self.may_skip:
+        if keep is _TRUE and isinstance(max_norm, float):
+            # A finite host step (the norm was read): decide "clipped" in Python, with the
+            # same floating-point operations torch ran for coef, instead of a kernel.
+            clipped = _TRUE if _coef_below_one(self._total_f, max_norm, total.dtype) else _FALSE
+        else:
+            clipped = coef < 1.0
+        if self.may_skip and keep is not _TRUE:  # _TRUE: a finite host step, nothing to zero
             coef = torch.where(keep, coef, 0.0)
         if grads:
             F.scale_(grads, coef)
         return clipped
+
+
+def _coef_below_one(total: float, max_norm: float, dtype: torch.dtype) -> bool:
+    """``F.norm_clip_coef(total, max_norm) < 1`` on the host: ``max_norm * (1 / (total +
+    1e-6))`` rounded as torch rounds it (float64 natively, float32 through numpy)."""
+    if dtype == torch.float64:
+        return max_norm * (1.0 / (total + F.NORM_EPS)) < 1.0
+    f = np.float32
+    return bool(f(max_norm) * (f(1.0) / (f(total) + f(F.NORM_EPS))) < f(1.0))
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
