@@ -275,3 +275,50 @@ def test_detaching_removes_both_hooks():
     handle.remove()
     _train(model, opt, 1, start=1)
     assert clipper.steps.item() == 1
+
+
+# -- loss spikes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["quantile", "zscore"])
+def test_a_loss_spike_is_skipped_bit_identically_and_never_enters_the_window(skip_path, name):
+    """A batch whose loss is far above the robust (median/MAD) band of the last accepted
+    losses is skipped even though its gradient norm is ordinary."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    clipper = create_clipper(name, loss_z=6.0, loss_window=20)
+    clipper.attach(opt)
+    for step in range(15):
+        opt.zero_grad()
+        loss = _loss(model, step)
+        loss.backward()
+        clipper.observe_loss(loss)
+        opt.step()
+    assert clipper.spikes.item() == 0
+    window = clipper.state_dict()["state"]["loss_buffer"].clone()
+    snap = _snapshot(model, opt)
+    opt.zero_grad()
+    loss = _loss(model, 15)
+    loss.backward()
+    clipper.observe_loss(loss.detach() + 100.0)  # the loss spiked; the gradients did not
+    opt.step()
+    _assert_unchanged(model, opt, snap)
+    assert clipper.spikes.item() == 1 and clipper.last_result_.skipped.item()
+    after = clipper.state_dict()["state"]["loss_buffer"]
+    torch.testing.assert_close(after, window, rtol=0, atol=0, equal_nan=True)
+
+
+def test_loss_guard_waits_for_enough_history_and_accepts_ordinary_losses():
+    clipper = QuantileClip(window=8, loss_z=4.0, loss_window=10)
+    p = nn.Parameter(torch.zeros(3))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(40):
+        p.grad = torch.ones(3)
+        loss = 1.0 + 0.05 * torch.randn((), generator=gen)
+        if step == 3:
+            loss = torch.tensor(50.0)  # too early to judge: accepted
+        assert not clipper([p], loss=loss).skipped.item(), step
+    p.grad = torch.ones(3)
+    assert clipper([p], loss=torch.tensor(60.0)).skipped.item()
+    p.grad = torch.ones(3)
+    assert not clipper([p]).skipped.item()  # no loss given: no loss check

@@ -484,8 +484,12 @@ def test_agc_reports_total_norm_and_no_clip():
 
 REQUIRED = {"norm": {"max_norm": 1.0}, "value": {"clip_value": 0.05}}
 VARIANTS = {
-    "quantile": [{"window": 8}, {"method": "stream"}],
-    "zscore": [{"warmup_steps": 5, "clip_option": "mean"}],
+    "quantile": [
+        {"window": 8},
+        {"method": "stream"},
+        {"window": 8, "spike": "skip", "loss_z": 5.0, "loss_window": 10},
+    ],
+    "zscore": [{"warmup_steps": 5, "clip_option": "mean"}, {"warmup_steps": 5, "spike": "skip"}],
 }
 BAD_VALUES = {
     "norm": [("max_norm", 0.0), ("max_norm", -1.0), ("max_norm", math.nan), ("norm_type", 0.0)],
@@ -497,8 +501,19 @@ BAD_VALUES = {
         ("window", 2.5),
         ("method", "exact"),
         ("lr", 0.0),
+        ("spike", "never"),
+        ("spike_factor", 0.0),
+        ("loss_z", -1.0),
+        ("loss_window", 5),
     ],
-    "zscore": [("z_thresh", 0.0), ("alpha", 1.0), ("warmup_steps", 0), ("clip_option", "median")],
+    "zscore": [
+        ("z_thresh", 0.0),
+        ("alpha", 1.0),
+        ("warmup_steps", 0),
+        ("clip_option", "median"),
+        ("spike", "scale"),
+        ("loss_z", math.inf),
+    ],
     "agc": [("clipping", 0.0), ("eps", -1e-3)],
 }
 
@@ -567,8 +582,8 @@ def test_state_dict_resumes_identically(name, params):
             assert torch.equal(getattr(a, f.name), getattr(b, f.name)), f.name
         for p, q in zip(stream.params, twin, strict=True):
             assert torch.equal(p.grad, q.grad)
-        clipped_any |= bool(a.clipped)
-    assert clipped_any  # the comparison covered clipped steps
+        clipped_any |= bool(a.clipped) or bool(a.skipped)
+    assert clipped_any  # the comparison covered clipped (or, spike="skip", skipped) steps
     _assert_state_equal(original.state_dict()["state"], resumed.state_dict()["state"])
 
 
@@ -602,7 +617,7 @@ def test_attach_clips_before_the_optimizer_step_and_detaches(name, params):
             assert torch.equal(p.grad, e.grad)  # the optimizer saw clipped gradients
             torch.testing.assert_close(p.detach(), w - 0.1 * e.grad)
         assert torch.equal(clipper.last_result_.total_norm, twin.last_result_.total_norm)
-    assert clipper.steps.item() == 30 and clipper.clipped.item() > 0
+    assert clipper.steps.item() == 30 and clipper.clipped.item() + clipper.spikes.item() > 0
     handle.remove()
     opt.zero_grad()
     model(torch.randn(16, 4, generator=gen)).sum().mul(100.0).backward()

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from autoclip import functional as F
+from autoclip.clippers import _loss
 from autoclip.errors import ConfigError, NonFiniteGradientError, UnsupportedError
 
 NONFINITE_POLICIES = ("skip", "raise")
@@ -103,6 +104,8 @@ class BaseClipper(abc.ABC):
         # cheaper than a tensor op per step; folded in whenever the state is read.
         self._host_steps = 0
         self._host_clipped = 0
+        self._loss: Tensor | None = None
+        self._pending_loss: Tensor | None = None
 
     # -- what subclasses provide -------------------------------------------------------------
     def _initial_state(self) -> dict[str, Tensor]:
@@ -124,7 +127,16 @@ class BaseClipper(abc.ABC):
     @property
     def may_skip(self) -> bool:
         """Whether this clipper can ask for a step to be skipped (so ``attach`` guards it)."""
-        return self.nonfinite == "skip" or getattr(self, "spike", "clip") == "skip"
+        return (
+            self.nonfinite == "skip"
+            or getattr(self, "spike", "clip") == "skip"
+            or getattr(self, "loss_z", None) is not None
+        )
+
+    def observe_loss(self, loss: Tensor) -> None:
+        """Hand this step's loss to the next call (the ``attach`` hook has no loss to pass);
+        used by clippers with a loss guard (``loss_z``), ignored by the others."""
+        self._pending_loss = loss
 
     # -- the contract ------------------------------------------------------------------------
     @torch.no_grad()
@@ -134,6 +146,7 @@ class BaseClipper(abc.ABC):
         *,
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
+        loss: Tensor | None = None,
     ) -> ClipResult:
         """Clip the gradients of ``parameters`` in place.
 
@@ -144,7 +157,10 @@ class BaseClipper(abc.ABC):
                 step unscales them); the others unscale them in place (see ``unscaled_``).
             found_inf: the scaler's ``found_inf``; a step with ``found_inf > 0`` is skipped by
                 the scaler and is neither counted nor entered into the history.
+            loss: this step's loss, for a clipper that also guards against loss spikes
+                (``loss_z``); with ``attach``, hand it over with :meth:`observe_loss`.
         """
+        self._loss, self._pending_loss = (self._pending_loss if loss is None else loss), None
         params, grads = F.grads_of(parameters)
         if not self.supports_dtensor and any(F._is_dtensor(g) for g in grads):
             raise UnsupportedError(
@@ -352,8 +368,14 @@ class NormBasedClipper(BaseClipper):
     scale_invariant = True
 
     def _clip(self, params, grads, total, finite):
+        loss_z, loss = getattr(self, "loss_z", None), self._loss
+        guard = loss_z is not None and loss is not None
+        if guard:  # a loss spike is skipped and, like a non-finite step, enters no history
+            finite = finite & ~_loss.loss_spike(self._state, loss, loss_z)
         threshold, spike = self._observe(total, finite)
         keep = finite if spike is None else finite & ~spike
+        if guard:
+            _loss.record_loss(self._state, loss, keep)
         return threshold, self._scale_to(grads, total, keep, threshold), keep
 
     def _scale_to(
