@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoclip import NormClip, QuantileClip, ValueClip, ZScoreClip, create_clipper
+from autoclip import (
+    NormClip,
+    QuantileClip,
+    UnsupportedError,
+    ValueClip,
+    ZScoreClip,
+    create_clipper,
+)
 from autoclip.clippers import _attach
 from autoclip.functional import total_norm
 
@@ -322,3 +329,12 @@ def test_loss_guard_waits_for_enough_history_and_accepts_ordinary_losses():
     assert clipper([p], loss=torch.tensor(60.0)).skipped.item()
     p.grad = torch.ones(3)
     assert not clipper([p]).skipped.item()  # no loss given: no loss check
+
+
+def test_fsdp1_flat_parameters_are_refused_with_the_fix():
+    class FlatParameter(nn.Parameter):  # what FSDP1 hands the optimizer: this rank's shard
+        pass
+
+    opt = torch.optim.SGD([FlatParameter(torch.zeros(4))], lr=0.1)
+    with pytest.raises(UnsupportedError, match="fully_shard"):
+        NormClip(1.0).attach(opt)
