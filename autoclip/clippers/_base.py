@@ -332,11 +332,18 @@ class BaseClipper(abc.ABC):
                 f"state_dict was saved by {state_dict['config']}, but this clipper is "
                 f"{self.config}; build the clipper with create_clipper(**config) first"
             )
-        missing = set(self._state) - set(state_dict["state"])
+        saved = dict(state_dict["state"])
+        # Saved before the spike counter existed: it counted no spikes.
+        saved.setdefault("spikes", torch.zeros((), dtype=torch.long))
+        missing = set(self._state) - set(saved)
         if missing:
             raise ConfigError(f"state_dict lacks the entries {sorted(missing)}")
         device = self._state["steps"].device
-        self._state = {k: state_dict["state"][k].detach().clone().to(device) for k in self._state}
+        # Each entry keeps this clipper's dtype (ZScoreClip's state used to be float64).
+        self._state = {
+            k: saved[k].detach().clone().to(device=device, dtype=v.dtype)
+            for k, v in self._state.items()
+        }
         self._host_steps = self._host_clipped = 0
 
     # -- config ------------------------------------------------------------------------------
