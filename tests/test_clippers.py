@@ -700,8 +700,9 @@ def test_clipping_without_gradients(name, params):
 def test_no_host_sync_beyond_the_documented_host_branches(name, params):
     """An accidental .item()/bool() on the hot path would stall an accelerator every step.
 
-    On CPU the only reads are the free host-side branches: zero_nonfinite_'s check of
-    ``finite`` (every clipper), and ValueClip's own skip check.
+    On CPU the only reads are the free host-side branches: the host step's one read of the
+    norm (every clipper), and ValueClip's own skip check. The accelerator path has none:
+    tests/test_cuda.py runs it under torch.cuda.set_sync_debug_mode("error").
     """
     clipper = create_clipper(name, **params)
     stream = GradStream(4)
