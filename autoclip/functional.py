@@ -154,7 +154,7 @@ def norm_clip_coef(total: Tensor, max_norm: Tensor | float) -> Tensor:
     return torch.clamp(max_norm / (total + NORM_EPS), max=1.0)
 
 
-def zero_nonfinite_(grads: list[Tensor], finite: Tensor) -> None:
+def zero_nonfinite_(grads: list[Tensor], finite: Tensor, host_branch: bool = True) -> None:
     """Replace NaN/inf gradient elements by 0 where ``finite`` is False.
 
     Call after the gradients were multiplied by a coefficient that is 0 for a non-finite step:
@@ -165,7 +165,7 @@ def zero_nonfinite_(grads: list[Tensor], finite: Tensor) -> None:
     """
     if not grads:
         return
-    if finite.device.type == "cpu":
+    if host_branch and finite.device.type == "cpu":
         if bool(finite):
             return
     for g in grads:

@@ -338,3 +338,51 @@ def test_fsdp1_flat_parameters_are_refused_with_the_fix():
     opt = torch.optim.SGD([FlatParameter(torch.zeros(4))], lr=0.1)
     with pytest.raises(UnsupportedError, match="fully_shard"):
         NormClip(1.0).attach(opt)
+
+
+# -- the accelerator path, on CPU: no host read at all -----------------------------------------
+
+
+def _syncs(fn) -> int:
+    with torch.profiler.profile() as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("norm", {"max_norm": 0.5}),
+        ("value", {"clip_value": 1e-3}),
+        ("quantile", {"window": 8}),
+        ("quantile", {"method": "stream", "spike": "skip"}),
+        ("zscore", {"warmup_steps": 3, "spike": "skip", "loss_z": 4.0, "loss_window": 10}),
+        ("agc", {}),
+    ],
+)
+@pytest.mark.parametrize("opt_name, kind", [("sgd-momentum", "foreach"), ("adamw", "fused")])
+def test_the_accelerator_path_reads_nothing_on_the_host(monkeypatch, name, params, opt_name, kind):
+    """The CPU stand-in for tests/test_cuda.py: with every host branch switched off, a clipper
+    call and an attached (skip-guarded) optimizer step make no host read."""
+    from autoclip.clippers import _base, _norm
+
+    monkeypatch.setattr(_base, "_HOST_PATH", False)
+    monkeypatch.setattr(_attach, "_HOST_BRANCH", False)
+    monkeypatch.setattr(_norm, "_on_host", lambda grads: False)
+    model, bare = _model(), _model()
+    opt = OPTIMIZERS[opt_name](model.parameters(), **KINDS[kind])
+    bare_opt = OPTIMIZERS[opt_name](bare.parameters(), **KINDS[kind])  # no clipper
+    clipper = create_clipper(name, **params)
+    clipper.attach(opt)
+    for step in range(12):
+        for m, o in ((model, opt), (bare, bare_opt)):
+            o.zero_grad()
+            loss = _loss(m, step) * (30.0 if step == 11 else 1.0)
+            loss.backward()
+        clipper.observe_loss(loss)
+        if step < 10:
+            opt.step()
+            bare_opt.step()
+        else:  # at most the optimizer's own reads (a CPU fused step reads its step counts)
+            assert _syncs(opt.step) <= _syncs(bare_opt.step)
+    assert clipper.steps.item() == 12

@@ -41,6 +41,8 @@ from autoclip import functional as F
 from autoclip.errors import ConfigError, NonFiniteGradientError, UnsupportedError
 
 NONFINITE_POLICIES = ("skip", "raise")
+# Tests set this to False to run the accelerator path (no host reads) on CPU.
+_HOST_PATH = True
 # Shared flags for host-side steps whose outcome is known without a kernel (never mutated).
 _TRUE = torch.ones((), dtype=torch.bool)
 _FALSE = torch.zeros((), dtype=torch.bool)
@@ -174,7 +176,7 @@ class BaseClipper(abc.ABC):
         if grad_scale is not None:
             total = total / grad_scale.to(device=total.device, dtype=total.dtype)
         self._to(total.device)
-        if found_inf is None and total.device.type == "cpu":
+        if _HOST_PATH and found_inf is None and total.device.type == "cpu":
             return self._host_step(params, grads, total)
         # A norm is >= 0 or NaN, so one comparison is isfinite (which costs four small ops).
         finite = total < math.inf
@@ -187,7 +189,7 @@ class BaseClipper(abc.ABC):
             finite = finite & counted
         threshold, clipped, keep = self._clip3(params, grads, total, finite)
         if self.nonfinite == "skip" or counted is not None:
-            F.zero_nonfinite_(grads, finite)
+            F.zero_nonfinite_(grads, finite, host_branch=_HOST_PATH)
         skipped = ~keep
         clipped = clipped & keep
         st = self._state
