@@ -19,6 +19,13 @@ torch's ``error_if_nonfinite`` does). Adaptive clippers may also skip norm spike
 * ``clipper.attach(optimizer)`` skips the optimizer step itself: weights, moments, step
   counters and weight decay are left bit-identical (see :mod:`autoclip.clippers._attach`).
 
+Writing a clipper: subclass :class:`BaseClipper` (or :class:`NormBasedClipper`, deciding only
+the threshold in ``_observe``), register it with ``register_clipper``, and implement
+``_clip(params, grads, total, finite)``: clip ``grads`` in place and return ``(threshold,
+clipped)`` or ``(threshold, clipped, keep)`` (0-dim tensors; ``keep`` False asks for the step
+to be skipped; with the 2-tuple, ``keep`` is ``finite``). Adaptive clippers also implement
+``_observe(total, finite) -> (threshold, spike or None)`` and ``_initial_state``.
+
 Mixed precision: ``clipper(parameters, grad_scale=s, found_inf=f)`` takes gradients still
 multiplied by a loss scale ``s`` (what ``GradScaler`` hands a fused optimizer); the clipper
 measures and clips the unscaled gradients, and a step with ``f > 0`` (the scaler skips it) is
