@@ -804,3 +804,30 @@ def test_host_clipped_decision_rounds_like_the_coefficient_kernel(dtype):
         for total in [*near, *spread]:
             expected = bool(F.norm_clip_coef(total, max_norm) < 1.0)
             assert _coef_below_one(total.item(), max_norm, dtype) == expected, (max_norm, total)
+
+
+def test_subclasses_written_against_the_first_contract_still_work():
+    """A third-party clipper returning (threshold, clipped) from _clip, or a bare threshold
+    from _observe (before skip policies existed), keeps working, skips included."""
+    from autoclip.clippers import BaseClipper
+    from autoclip.clippers._normbased import NormBasedClipper
+
+    class Halve(BaseClipper):
+        def _clip(self, params, grads, total, finite):
+            F.scale_(grads, torch.tensor(0.5))
+            return total / 2, torch.ones((), dtype=torch.bool)
+
+    class Fixed(NormBasedClipper):
+        adaptive = True
+
+        def _observe(self, total, finite):
+            return torch.tensor(1.0)
+
+    for clipper in (Halve(), Fixed()):
+        p = nn.Parameter(torch.zeros(4))
+        p.grad = torch.full((4,), 3.0)
+        r = clipper([p])
+        assert r.clipped.item() and r.finite.item() and not r.skipped.item()
+        assert torch.linalg.vector_norm(p.grad).item() < 6.0
+        p.grad = torch.full((4,), math.nan)
+        assert clipper([p]).skipped.item() and clipper.skipped.item() == 1

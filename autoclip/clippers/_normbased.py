@@ -24,7 +24,9 @@ class NormBasedClipper(BaseClipper):
         guard = loss_z is not None and loss is not None
         if guard:  # a loss spike is skipped and, like a non-finite step, enters no history
             finite = finite & ~_loss.loss_spike(self._state, loss, loss_z)
-        threshold, spike = self._observe(total, finite)
+        out = self._observe(total, finite)
+        # A bare threshold from a subclass written before spike policies: no spike.
+        threshold, spike = out if isinstance(out, tuple) else (out, None)
         keep = finite if spike is None else finite & ~spike
         if guard:
             _loss.record_loss(self._state, loss, keep)
