@@ -386,3 +386,22 @@ def test_the_accelerator_path_reads_nothing_on_the_host(monkeypatch, name, param
         else:  # at most the optimizer's own reads (a CPU fused step reads its step counts)
             assert _syncs(opt.step) <= _syncs(bare_opt.step)
     assert clipper.steps.item() == 12
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_spike_under_grad_scaler_is_skipped_bit_identically(skip_path, kind):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, **KINDS[kind])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    clipper = ZScoreClip(warmup_steps=5, spike="skip")
+    clipper.attach(opt)
+    for step in range(9):
+        opt.zero_grad()
+        scale = 1e3 if step == 8 else 1.0
+        scaler.scale(_loss(model, step) * scale).backward()
+        if step == 8:
+            snap = _snapshot(model, opt)
+        scaler.step(opt)
+        scaler.update()
+    _assert_unchanged(model, opt, snap)
+    assert clipper.spikes.item() == 1 and clipper.steps.item() == 9
