@@ -35,6 +35,7 @@ __all__ = [
     "norm_from_unitwise",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "clamp_",
     "grads_of",
     "norm_clip_coef",
     "scale_",
@@ -82,8 +83,11 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0, foreach: bool | None
 
     An empty list gives ``tensor(0.)``.
     """
-    plain = [g for g in grads if not _is_dtensor(g)]
-    sharded = [g for g in grads if _is_dtensor(g)]
+    if all(type(g) is Tensor for g in grads):  # the common case, decided in one pass
+        plain, sharded = grads, []
+    else:
+        plain = [g for g in grads if not _is_dtensor(g)]
+        sharded = [g for g in grads if _is_dtensor(g)]
     parts = []
     if plain or not sharded:
         if not any(g.dtype in LOW_PRECISION for g in plain):
@@ -141,6 +145,10 @@ def _foreach_ok(device: torch.device, foreach: bool | None) -> bool:
 
 def scale_(grads: list[Tensor], coef: Tensor, foreach: bool | None = None) -> None:
     """Multiply every gradient in place by the 0-dim tensor ``coef`` (one kernel per group)."""
+    if foreach is not False and coef.is_cpu and all(type(g) is Tensor and g.is_cpu for g in grads):
+        # On the host foreach ops take mixed dtypes: one call, no grouping pass.
+        torch._foreach_mul_(grads, coef)
+        return
     for (device, _), group in _by_device_and_dtype(grads).items():
         c = coef.to(device)
         if _foreach_ok(device, foreach):
@@ -155,7 +163,7 @@ def norm_clip_coef(total: Tensor, max_norm: Tensor | float) -> Tensor:
     return torch.clamp(max_norm / (total + NORM_EPS), max=1.0)
 
 
-def zero_nonfinite_(grads: list[Tensor], finite: Tensor) -> None:
+def zero_nonfinite_(grads: list[Tensor], finite: Tensor, host_branch: bool = True) -> None:
     """Replace NaN/inf gradient elements by 0 where ``finite`` is False.
 
     Call after the gradients were multiplied by a coefficient that is 0 for a non-finite step:
@@ -166,7 +174,7 @@ def zero_nonfinite_(grads: list[Tensor], finite: Tensor) -> None:
     """
     if not grads:
         return
-    if finite.device.type == "cpu":
+    if host_branch and finite.device.type == "cpu":
         if bool(finite):
             return
     for g in grads:
@@ -198,6 +206,12 @@ def clip_grad_value_(
     """Clamp every element to ``[-clip_value, clip_value]``; returns the pre-clip total norm."""
     _, grads = grads_of(parameters)
     total = total_norm(grads, norm_type, foreach)
+    clamp_(grads, float(clip_value), foreach)
+    return total
+
+
+def clamp_(grads: list[Tensor], clip_value: float, foreach: bool | None = None) -> None:
+    """Clamp every element of ``grads`` to ``[-clip_value, clip_value]`` in place."""
     v = float(clip_value)
     for (device, _), group in _by_device_and_dtype(grads).items():
         if _foreach_ok(device, foreach):
@@ -206,7 +220,6 @@ def clip_grad_value_(
         else:
             for g in group:
                 g.clamp_(-v, v)
-    return total
 
 
 def unitwise_norm(x: Tensor) -> Tensor:

@@ -248,7 +248,9 @@ def move_to(batch: Any, device: str | torch.device) -> Any:
 
     Tensors already there are returned as they are (no copy)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        # non_blocking only towards an accelerator: a non-blocking copy to the host may be
+        # read before it has landed.
+        return batch.to(device, non_blocking=torch.device(device).type != "cpu")
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple
         return type(batch)(*(move_to(b, device) for b in batch))
     if isinstance(batch, list | tuple):

@@ -185,6 +185,7 @@ def train(
                 row = (step_loss, total, nan, false, finite, ~finite)
             else:
                 clip.last_result_ = None
+                clip.observe_loss(step_loss)  # for a clipper's loss-spike guard (loss_z)
             if scaler is None:
                 optimizer.step()
             else:

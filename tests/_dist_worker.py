@@ -1,9 +1,10 @@
 """One rank of tests/test_clippers_distributed.py, launched by ``torchrun --nproc-per-node 2``.
 
-For DDP and FSDP2 (``fully_shard``, DTensor gradients), and for NormClip, QuantileClip and
-ZScoreClip, it trains a few steps with the clipper attached and compares, every step, the
-clipper's total norm and the clipped gradients with the same clipper run on an unsharded copy
-of the model fed the whole (global) batch. Writes ``{out}/rank{r}.json``; the test asserts.
+For DDP and FSDP2 (``fully_shard``, DTensor gradients), and for NormClip, ValueClip,
+QuantileClip and ZScoreClip, it trains a few steps with the clipper attached and compares,
+every step, the clipper's total norm and the clipped gradients with the same clipper run on an
+unsharded copy of the model fed the whole (global) batch. Writes ``{out}/rank{r}.json``; the
+test asserts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from autoclip import UnsupportedError, create_clipper
 
 CLIPPERS = {
     "norm": {"max_norm": 0.5},
+    "value": {"clip_value": 0.05},
     "quantile": {"quantile": 0.5, "window": 4},
     "zscore": {"warmup_steps": 3, "z_thresh": 1.5},
 }

@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoclip import NormClip, QuantileClip, ValueClip, ZScoreClip, create_clipper
+from autoclip import (
+    NormClip,
+    QuantileClip,
+    UnsupportedError,
+    ValueClip,
+    ZScoreClip,
+    create_clipper,
+)
 from autoclip.clippers import _attach
 from autoclip.functional import total_norm
 
@@ -275,3 +282,126 @@ def test_detaching_removes_both_hooks():
     handle.remove()
     _train(model, opt, 1, start=1)
     assert clipper.steps.item() == 1
+
+
+# -- loss spikes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["quantile", "zscore"])
+def test_a_loss_spike_is_skipped_bit_identically_and_never_enters_the_window(skip_path, name):
+    """A batch whose loss is far above the robust (median/MAD) band of the last accepted
+    losses is skipped even though its gradient norm is ordinary."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    clipper = create_clipper(name, loss_z=6.0, loss_window=20)
+    clipper.attach(opt)
+    for step in range(15):
+        opt.zero_grad()
+        loss = _loss(model, step)
+        loss.backward()
+        clipper.observe_loss(loss)
+        opt.step()
+    assert clipper.spikes.item() == 0
+    window = clipper.state_dict()["state"]["loss_buffer"].clone()
+    snap = _snapshot(model, opt)
+    opt.zero_grad()
+    loss = _loss(model, 15)
+    loss.backward()
+    clipper.observe_loss(loss.detach() + 100.0)  # the loss spiked; the gradients did not
+    opt.step()
+    _assert_unchanged(model, opt, snap)
+    assert clipper.spikes.item() == 1 and clipper.last_result_.skipped.item()
+    after = clipper.state_dict()["state"]["loss_buffer"]
+    torch.testing.assert_close(after, window, rtol=0, atol=0, equal_nan=True)
+
+
+def test_loss_guard_waits_for_enough_history_and_accepts_ordinary_losses():
+    clipper = QuantileClip(window=8, loss_z=4.0, loss_window=10)
+    p = nn.Parameter(torch.zeros(3))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(40):
+        p.grad = torch.ones(3)
+        loss = 1.0 + 0.05 * torch.randn((), generator=gen)
+        if step == 3:
+            loss = torch.tensor(50.0)  # too early to judge: accepted
+        assert not clipper([p], loss=loss).skipped.item(), step
+    p.grad = torch.ones(3)
+    assert clipper([p], loss=torch.tensor(60.0)).skipped.item()
+    p.grad = torch.ones(3)
+    assert not clipper([p]).skipped.item()  # no loss given: no loss check
+
+
+def test_fsdp1_flat_parameters_are_refused_with_the_fix():
+    class FlatParameter(nn.Parameter):  # what FSDP1 hands the optimizer: this rank's shard
+        pass
+
+    opt = torch.optim.SGD([FlatParameter(torch.zeros(4))], lr=0.1)
+    with pytest.raises(UnsupportedError, match="fully_shard"):
+        NormClip(1.0).attach(opt)
+
+
+# -- the accelerator path, on CPU: no host read at all -----------------------------------------
+
+
+def _syncs(fn) -> int:
+    with torch.profiler.profile() as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("norm", {"max_norm": 0.5}),
+        ("value", {"clip_value": 1e-3}),
+        ("quantile", {"window": 8}),
+        ("quantile", {"method": "stream", "spike": "skip"}),
+        ("zscore", {"warmup_steps": 3, "spike": "skip", "loss_z": 4.0, "loss_window": 10}),
+        ("agc", {}),
+    ],
+)
+@pytest.mark.parametrize("opt_name, kind", [("sgd-momentum", "foreach"), ("adamw", "fused")])
+def test_the_accelerator_path_reads_nothing_on_the_host(monkeypatch, name, params, opt_name, kind):
+    """The CPU stand-in for tests/test_cuda.py: with every host branch switched off, a clipper
+    call and an attached (skip-guarded) optimizer step make no host read."""
+    from autoclip.clippers import _base, _norm
+
+    monkeypatch.setattr(_base, "_HOST_PATH", False)
+    monkeypatch.setattr(_attach, "_HOST_BRANCH", False)
+    monkeypatch.setattr(_norm, "_on_host", lambda grads: False)
+    model, bare = _model(), _model()
+    opt = OPTIMIZERS[opt_name](model.parameters(), **KINDS[kind])
+    bare_opt = OPTIMIZERS[opt_name](bare.parameters(), **KINDS[kind])  # no clipper
+    clipper = create_clipper(name, **params)
+    clipper.attach(opt)
+    for step in range(12):
+        for m, o in ((model, opt), (bare, bare_opt)):
+            o.zero_grad()
+            loss = _loss(m, step) * (30.0 if step == 11 else 1.0)
+            loss.backward()
+        clipper.observe_loss(loss)
+        if step < 10:
+            opt.step()
+            bare_opt.step()
+        else:  # at most the optimizer's own reads (a CPU fused step reads its step counts)
+            assert _syncs(opt.step) <= _syncs(bare_opt.step)
+    assert clipper.steps.item() == 12
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_spike_under_grad_scaler_is_skipped_bit_identically(skip_path, kind):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, **KINDS[kind])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    clipper = ZScoreClip(warmup_steps=5, spike="skip")
+    clipper.attach(opt)
+    for step in range(9):
+        opt.zero_grad()
+        scale = 1e3 if step == 8 else 1.0
+        scaler.scale(_loss(model, step) * scale).backward()
+        if step == 8:
+            snap = _snapshot(model, opt)
+        scaler.step(opt)
+        scaler.update()
+    _assert_unchanged(model, opt, snap)
+    assert clipper.spikes.item() == 1 and clipper.steps.item() == 9

@@ -484,8 +484,12 @@ def test_agc_reports_total_norm_and_no_clip():
 
 REQUIRED = {"norm": {"max_norm": 1.0}, "value": {"clip_value": 0.05}}
 VARIANTS = {
-    "quantile": [{"window": 8}, {"method": "stream"}],
-    "zscore": [{"warmup_steps": 5, "clip_option": "mean"}],
+    "quantile": [
+        {"window": 8},
+        {"method": "stream"},
+        {"window": 8, "spike": "skip", "loss_z": 5.0, "loss_window": 10},
+    ],
+    "zscore": [{"warmup_steps": 5, "clip_option": "mean"}, {"warmup_steps": 5, "spike": "skip"}],
 }
 BAD_VALUES = {
     "norm": [("max_norm", 0.0), ("max_norm", -1.0), ("max_norm", math.nan), ("norm_type", 0.0)],
@@ -497,8 +501,19 @@ BAD_VALUES = {
         ("window", 2.5),
         ("method", "exact"),
         ("lr", 0.0),
+        ("spike", "never"),
+        ("spike_factor", 0.0),
+        ("loss_z", -1.0),
+        ("loss_window", 5),
     ],
-    "zscore": [("z_thresh", 0.0), ("alpha", 1.0), ("warmup_steps", 0), ("clip_option", "median")],
+    "zscore": [
+        ("z_thresh", 0.0),
+        ("alpha", 1.0),
+        ("warmup_steps", 0),
+        ("clip_option", "median"),
+        ("spike", "scale"),
+        ("loss_z", math.inf),
+    ],
     "agc": [("clipping", 0.0), ("eps", -1e-3)],
 }
 
@@ -567,8 +582,8 @@ def test_state_dict_resumes_identically(name, params):
             assert torch.equal(getattr(a, f.name), getattr(b, f.name)), f.name
         for p, q in zip(stream.params, twin, strict=True):
             assert torch.equal(p.grad, q.grad)
-        clipped_any |= bool(a.clipped)
-    assert clipped_any  # the comparison covered clipped steps
+        clipped_any |= bool(a.clipped) or bool(a.skipped)
+    assert clipped_any  # the comparison covered clipped (or, spike="skip", skipped) steps
     _assert_state_equal(original.state_dict()["state"], resumed.state_dict()["state"])
 
 
@@ -602,7 +617,7 @@ def test_attach_clips_before_the_optimizer_step_and_detaches(name, params):
             assert torch.equal(p.grad, e.grad)  # the optimizer saw clipped gradients
             torch.testing.assert_close(p.detach(), w - 0.1 * e.grad)
         assert torch.equal(clipper.last_result_.total_norm, twin.last_result_.total_norm)
-    assert clipper.steps.item() == 30 and clipper.clipped.item() > 0
+    assert clipper.steps.item() == 30 and clipper.clipped.item() + clipper.spikes.item() > 0
     handle.remove()
     opt.zero_grad()
     model(torch.randn(16, 4, generator=gen)).sum().mul(100.0).backward()
@@ -685,8 +700,9 @@ def test_clipping_without_gradients(name, params):
 def test_no_host_sync_beyond_the_documented_host_branches(name, params):
     """An accidental .item()/bool() on the hot path would stall an accelerator every step.
 
-    On CPU the only reads are the free host-side branches: zero_nonfinite_'s check of
-    ``finite`` (every clipper), and ValueClip's own skip check.
+    On CPU the only reads are the free host-side branches: the host step's one read of the
+    norm (every clipper), and ValueClip's own skip check. The accelerator path has none:
+    tests/test_cuda.py runs it under torch.cuda.set_sync_debug_mode("error").
     """
     clipper = create_clipper(name, **params)
     stream = GradStream(4)
@@ -769,3 +785,49 @@ def test_fixed_clippers_are_idempotent(values, limit, norm_type):
     norm_clip(ps)
     for p, g in zip(ps, once, strict=True):  # a second pass rescales by at most eps / limit
         torch.testing.assert_close(p.grad, g, rtol=1e-5 + 1e-6 / limit, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_host_clipped_decision_rounds_like_the_coefficient_kernel(dtype):
+    """On the host NormClip decides "clipped" in Python; it must agree with the tensor
+    coefficient torch computes, including at the boundary total ~= max_norm - 1e-6."""
+    from autoclip.clippers._normbased import _coef_below_one
+
+    rng = np.random.default_rng(0)
+    for max_norm in [1.0, 0.3, 7.77, 1e-5, 123.456]:
+        centre = torch.tensor(max_norm - 1e-6, dtype=dtype)
+        near = [centre]
+        for _ in range(40):  # walk ulp by ulp on both sides of the boundary
+            near.append(torch.nextafter(near[-1], torch.tensor(math.inf, dtype=dtype)))
+            near.insert(0, torch.nextafter(near[0], torch.tensor(-math.inf, dtype=dtype)))
+        spread = torch.tensor(max_norm * rng.lognormal(0, 1, size=200), dtype=dtype)
+        for total in [*near, *spread]:
+            expected = bool(F.norm_clip_coef(total, max_norm) < 1.0)
+            assert _coef_below_one(total.item(), max_norm, dtype) == expected, (max_norm, total)
+
+
+def test_subclasses_written_against_the_first_contract_still_work():
+    """A third-party clipper returning (threshold, clipped) from _clip, or a bare threshold
+    from _observe (before skip policies existed), keeps working, skips included."""
+    from autoclip.clippers import BaseClipper
+    from autoclip.clippers._normbased import NormBasedClipper
+
+    class Halve(BaseClipper):
+        def _clip(self, params, grads, total, finite):
+            F.scale_(grads, torch.tensor(0.5))
+            return total / 2, torch.ones((), dtype=torch.bool)
+
+    class Fixed(NormBasedClipper):
+        adaptive = True
+
+        def _observe(self, total, finite):
+            return torch.tensor(1.0)
+
+    for clipper in (Halve(), Fixed()):
+        p = nn.Parameter(torch.zeros(4))
+        p.grad = torch.full((4,), 3.0)
+        r = clipper([p])
+        assert r.clipped.item() and r.finite.item() and not r.skipped.item()
+        assert torch.linalg.vector_norm(p.grad).item() < 6.0
+        p.grad = torch.full((4,), math.nan)
+        assert clipper([p]).skipped.item() and clipper.skipped.item() == 1

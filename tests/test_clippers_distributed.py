@@ -32,7 +32,8 @@ def ranks(tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-CASES = [f"{mode}-{name}" for mode in ("ddp", "fsdp2") for name in ("norm", "quantile", "zscore")]
+NAMES = ("norm", "value", "quantile", "zscore")
+CASES = [f"{mode}-{name}" for mode in ("ddp", "fsdp2") for name in NAMES]
 
 
 @pytest.mark.parametrize("case", CASES)

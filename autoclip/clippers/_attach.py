@@ -6,6 +6,11 @@ gradients and found them finite; a *fused* optimizer is stepped with the gradien
 scaled and with ``optimizer.grad_scale`` / ``optimizer.found_inf`` set, which the hook hands
 to the clipper so that it measures the unscaled norm (and ignores a step the scaler skips).
 
+Distributed: under DDP the hook runs after the gradients were all-reduced, so every rank
+clips the same global norm; FSDP2 gradients are DTensors, measured globally by
+:func:`autoclip.functional.total_norm`. FSDP1's flat per-rank shards are refused (their norm
+would be per rank).
+
 When the clipper may skip (``nonfinite="skip"``, ``spike="skip"``), a skipped step must change
 nothing of the optimizer: not the weights, moments, step counters or weight decay. Zeroing the
 gradients is not enough (momentum, Adam's moments and decoupled weight decay still move the
@@ -34,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
+
+from autoclip.errors import UnsupportedError
 
 # Tests set this to False to run the accelerator paths on CPU.
 _HOST_BRANCH = True
@@ -105,6 +112,13 @@ class _Guard:
 
 def attach(clipper, optimizer: torch.optim.Optimizer) -> RemovableHandle:
     """See :meth:`autoclip.clippers.BaseClipper.attach`."""
+    if any(type(p).__name__ == "FlatParameter" for p in _params(optimizer)):
+        # FSDP1's flat parameters hold this rank's shard only: a norm of them is per-rank.
+        raise UnsupportedError(
+            "the optimizer holds FSDP1 (FullyShardedDataParallel) flat parameters, whose "
+            "gradients are per-rank shards; use FSDP2 (torch.distributed.fsdp.fully_shard), "
+            "or FullyShardedDataParallel.clip_grad_norm_"
+        )
     pending: list[_Guard] = []
 
     def pre_hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

@@ -19,6 +19,13 @@ torch's ``error_if_nonfinite`` does). Adaptive clippers may also skip norm spike
 * ``clipper.attach(optimizer)`` skips the optimizer step itself: weights, moments, step
   counters and weight decay are left bit-identical (see :mod:`autoclip.clippers._attach`).
 
+Writing a clipper: subclass :class:`BaseClipper` (or :class:`NormBasedClipper`, deciding only
+the threshold in ``_observe``), register it with ``register_clipper``, and implement
+``_clip(params, grads, total, finite)``: clip ``grads`` in place and return ``(threshold,
+clipped)`` or ``(threshold, clipped, keep)`` (0-dim tensors; ``keep`` False asks for the step
+to be skipped; with the 2-tuple, ``keep`` is ``finite``). Adaptive clippers also implement
+``_observe(total, finite) -> (threshold, spike or None)`` and ``_initial_state``.
+
 Mixed precision: ``clipper(parameters, grad_scale=s, found_inf=f)`` takes gradients still
 multiplied by a loss scale ``s`` (what ``GradScaler`` hands a fused optimizer); the clipper
 measures and clips the unscaled gradients, and a step with ``f > 0`` (the scaler skips it) is
@@ -41,6 +48,11 @@ from autoclip import functional as F
 from autoclip.errors import ConfigError, NonFiniteGradientError, UnsupportedError
 
 NONFINITE_POLICIES = ("skip", "raise")
+# Tests set this to False to run the accelerator path (no host reads) on CPU.
+_HOST_PATH = True
+# Shared flags for host-side steps whose outcome is known without a kernel (never mutated).
+_TRUE = torch.ones((), dtype=torch.bool)
+_FALSE = torch.zeros((), dtype=torch.bool)
 SPIKE_POLICIES = ("clip", "skip")
 
 
@@ -125,6 +137,12 @@ class BaseClipper(abc.ABC):
             "spikes": torch.zeros((), dtype=torch.long),
         }
         self._state.update(self._initial_state())
+        # Finite host steps (and clipped ones) not yet added to _state: a Python int is
+        # cheaper than a tensor op per step; folded in whenever the state is read.
+        self._host_steps = 0
+        self._host_clipped = 0
+        self._loss: Tensor | None = None
+        self._pending_loss: Tensor | None = None
 
     # -- what subclasses provide -------------------------------------------------------------
     def _initial_state(self) -> dict[str, Tensor]:
@@ -146,7 +164,16 @@ class BaseClipper(abc.ABC):
     @property
     def may_skip(self) -> bool:
         """Whether this clipper can ask for a step to be skipped (so ``attach`` guards it)."""
-        return self.nonfinite == "skip" or getattr(self, "spike", "clip") == "skip"
+        return (
+            self.nonfinite == "skip"
+            or getattr(self, "spike", "clip") == "skip"
+            or getattr(self, "loss_z", None) is not None
+        )
+
+    def observe_loss(self, loss: Tensor) -> None:
+        """Hand this step's loss to the next call (the ``attach`` hook has no loss to pass);
+        used by clippers with a loss guard (``loss_z``), ignored by the others."""
+        self._pending_loss = loss
 
     # -- the contract ------------------------------------------------------------------------
     @torch.no_grad()
@@ -156,6 +183,7 @@ class BaseClipper(abc.ABC):
         *,
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
+        loss: Tensor | None = None,
     ) -> ClipResult:
         """Clip the gradients of ``parameters`` in place.
 
@@ -166,7 +194,10 @@ class BaseClipper(abc.ABC):
                 step unscales them); the others unscale them in place (see ``unscaled_``).
             found_inf: the scaler's ``found_inf``; a step with ``found_inf > 0`` is skipped by
                 the scaler and is neither counted nor entered into the history.
+            loss: this step's loss, for a clipper that also guards against loss spikes
+                (``loss_z``); with ``attach``, hand it over with :meth:`observe_loss`.
         """
+        self._loss, self._pending_loss = (self._pending_loss if loss is None else loss), None
         params, grads = F.grads_of(parameters)
         if not self.supports_dtensor and any(F._is_dtensor(g) for g in grads):
             raise UnsupportedError(
@@ -182,24 +213,20 @@ class BaseClipper(abc.ABC):
         if grad_scale is not None:
             total = total / grad_scale.to(device=total.device, dtype=total.dtype)
         self._to(total.device)
+        if _HOST_PATH and found_inf is None and total.device.type == "cpu":
+            return self._host_step(params, grads, total)
         # A norm is >= 0 or NaN, so one comparison is isfinite (which costs four small ops).
         finite = total < math.inf
         counted = None if found_inf is None else found_inf.to(total.device) <= 0
         if self.nonfinite == "raise":
             bad = ~finite if counted is None else ~finite & counted
             if bool(bad):
-                raise NonFiniteGradientError(
-                    f"the total norm of order {self.norm_type} of the gradients is non-finite "
-                    f"({total.item()}); fix the loss or learning rate, or set nonfinite='skip' "
-                    "to skip such steps instead"
-                )
+                self._raise_nonfinite(total)
         if counted is not None:
             finite = finite & counted
-        out = self._clip(params, grads, total, finite)
-        # (threshold, clipped) from a subclass written before skip policies: keep = finite.
-        threshold, clipped, keep = out if len(out) == 3 else (*out, finite)
+        threshold, clipped, keep = self._clip3(params, grads, total, finite)
         if self.nonfinite == "skip" or counted is not None:
-            F.zero_nonfinite_(grads, finite)
+            F.zero_nonfinite_(grads, finite, host_branch=_HOST_PATH)
         skipped = ~keep
         clipped = clipped & keep
         st = self._state
@@ -214,6 +241,49 @@ class BaseClipper(abc.ABC):
         result = ClipResult(total, threshold, clipped, finite, skipped)
         self.last_result_ = result
         return result
+
+    def _host_step(self, params: list[Tensor], grads: list[Tensor], total: Tensor) -> ClipResult:
+        """The step for gradients in host memory, where reading a value costs nothing: one
+        read of the norm, then a finite step (the common case) skips the skip bookkeeping."""
+        self._total_f = total.item()
+        ok = math.isfinite(self._total_f)
+        if not ok and self.nonfinite == "raise":
+            self._raise_nonfinite(total)
+        finite = _TRUE if ok else _FALSE
+        threshold, clipped, keep = self._clip3(params, grads, total, finite)
+        st = self._state
+        if keep is _TRUE:
+            if clipped is _TRUE or clipped is _FALSE:  # decided on the host: count it there
+                self._host_clipped += clipped is _TRUE
+            else:
+                st["clipped"] += clipped
+            self._host_steps += 1
+            result = ClipResult(total, threshold, clipped, finite, _FALSE)
+        else:
+            if not ok:
+                for g in grads:  # clipping multiplied them by 0: this clears the NaN/inf ones
+                    g.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            skipped = ~keep
+            clipped = clipped & keep
+            st["steps"] += 1
+            st["skipped"] += skipped
+            st["clipped"] += clipped
+            st["spikes"] += skipped & finite
+            result = ClipResult(total, threshold, clipped, finite, skipped)
+        self.last_result_ = result
+        return result
+
+    def _clip3(self, params, grads, total, finite) -> tuple[Tensor, Tensor, Tensor]:
+        out = self._clip(params, grads, total, finite)
+        # (threshold, clipped) from a subclass written before skip policies: keep = finite.
+        return out if len(out) == 3 else (*out, finite)
+
+    def _raise_nonfinite(self, total: Tensor) -> None:
+        raise NonFiniteGradientError(
+            f"the total norm of order {self.norm_type} of the gradients is non-finite "
+            f"({total.item()}); fix the loss or learning rate, or set nonfinite='skip' "
+            "to skip such steps instead"
+        )
 
     def attach(self, optimizer: torch.optim.Optimizer) -> torch.utils.hooks.RemovableHandle:
         """Clip the optimizer's parameters before every ``optimizer.step()``.
@@ -250,9 +320,18 @@ class BaseClipper(abc.ABC):
         raise NotImplementedError
 
     # -- state -------------------------------------------------------------------------------
+    def _fold_steps(self) -> None:
+        if self._host_steps:
+            self._state["steps"] += self._host_steps
+            self._host_steps = 0
+        if self._host_clipped:
+            self._state["clipped"] += self._host_clipped
+            self._host_clipped = 0
+
     @property
     def steps(self) -> Tensor:
         """Number of calls so far (tensor)."""
+        self._fold_steps()
         return self._state["steps"]
 
     @property
@@ -268,6 +347,7 @@ class BaseClipper(abc.ABC):
     @property
     def clipped(self) -> Tensor:
         """Number of steps that were clipped (tensor)."""
+        self._fold_steps()
         return self._state["clipped"]
 
     @property
@@ -279,10 +359,12 @@ class BaseClipper(abc.ABC):
 
     def _to(self, device: torch.device) -> None:
         if self._state["steps"].device != device:
+            self._fold_steps()
             self._state = {k: v.to(device) for k, v in self._state.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Adaptive state and counters, plus the config, so a resumed run clips identically."""
+        self._fold_steps()
         return {
             "config": self.config,
             "state": {k: v.detach().clone() for k, v in self._state.items()},
@@ -307,11 +389,19 @@ class BaseClipper(abc.ABC):
                 f"state_dict was saved by {state_dict['config']}, but this clipper is "
                 f"{self.config}; build the clipper with create_clipper(**config) first"
             )
-        missing = set(self._state) - set(state_dict["state"])
+        saved = dict(state_dict["state"])
+        # Saved before the spike counter existed: it counted no spikes.
+        saved.setdefault("spikes", torch.zeros((), dtype=torch.long))
+        missing = set(self._state) - set(saved)
         if missing:
             raise ConfigError(f"state_dict lacks the entries {sorted(missing)}")
         device = self._state["steps"].device
-        self._state = {k: state_dict["state"][k].detach().clone().to(device) for k in self._state}
+        # Each entry keeps this clipper's dtype (ZScoreClip's state used to be float64).
+        self._state = {
+            k: saved[k].detach().clone().to(device=device, dtype=v.dtype)
+            for k, v in self._state.items()
+        }
+        self._host_steps = self._host_clipped = 0
 
     # -- config ------------------------------------------------------------------------------
     @classmethod
@@ -331,33 +421,6 @@ class BaseClipper(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
-
-
-class NormBasedClipper(BaseClipper):
-    """A clipper that scales all gradients by ``min(1, threshold / total_norm)``.
-
-    Subclasses only decide the threshold, in :meth:`_observe`, from the total norm.
-    """
-
-    scale_invariant = True
-
-    def _clip(self, params, grads, total, finite):
-        threshold, spike = self._observe(total, finite)
-        keep = finite if spike is None else finite & ~spike
-        return threshold, self._scale_to(grads, total, keep, threshold), keep
-
-    def _scale_to(
-        self, grads: list[Tensor], total: Tensor, keep: Tensor, max_norm: Tensor | float
-    ) -> Tensor:
-        """Scale ``grads`` by ``min(1, max_norm / (total + 1e-6))`` (0 for a skipped step);
-        return whether that scaled them down."""
-        coef = F.norm_clip_coef(total, max_norm)
-        clipped = coef < 1.0
-        if self.may_skip:
-            coef = torch.where(keep, coef, 0.0)
-        if grads:
-            F.scale_(grads, coef)
-        return clipped
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:

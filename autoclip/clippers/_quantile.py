@@ -29,13 +29,9 @@ import math
 
 import torch
 
-from autoclip.clippers._base import (
-    SPIKE_POLICIES,
-    NormBasedClipper,
-    check_choice,
-    check_fraction,
-    check_positive,
-)
+from autoclip.clippers import _loss
+from autoclip.clippers._base import SPIKE_POLICIES, check_choice, check_fraction, check_positive
+from autoclip.clippers._normbased import NormBasedClipper
 from autoclip.clippers._registry import register_clipper
 from autoclip.errors import ConfigError
 
@@ -79,6 +75,8 @@ class QuantileClip(NormBasedClipper):
         nonfinite: str = "skip",
         spike: str = "clip",
         spike_factor: float = 3.0,
+        loss_z: float | None = None,
+        loss_window: int = 100,
     ) -> None:
         # 0.9: clip only the top tenth of steps, the conservative end of AutoClip's range.
         check_fraction("quantile", quantile)
@@ -93,6 +91,10 @@ class QuantileClip(NormBasedClipper):
         check_positive("spike_factor", spike_factor)
         self.spike = spike
         self.spike_factor = spike_factor
+        # A loss guard (off by default): 100 steps are enough for a stable median and MAD.
+        _loss.check_loss_guard(loss_z, loss_window)
+        self.loss_z = loss_z
+        self.loss_window = loss_window
         self.quantile = quantile
         self.window = window
         self.method = method
@@ -102,6 +104,10 @@ class QuantileClip(NormBasedClipper):
         super().__init__(norm_type=norm_type, nonfinite=nonfinite)
 
     def _initial_state(self):
+        extra = {} if self.loss_z is None else _loss.initial_state(self.loss_window)
+        return {**extra, **self._norm_state()}
+
+    def _norm_state(self):
         if self.method == "window":
             # NaN marks an empty slot; nanquantile ignores them, so no count is needed.
             return {

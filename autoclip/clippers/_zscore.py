@@ -27,13 +27,9 @@ import math
 
 import torch
 
-from autoclip.clippers._base import (
-    SPIKE_POLICIES,
-    NormBasedClipper,
-    check_choice,
-    check_fraction,
-    check_positive,
-)
+from autoclip.clippers import _loss
+from autoclip.clippers._base import SPIKE_POLICIES, check_choice, check_fraction, check_positive
+from autoclip.clippers._normbased import NormBasedClipper
 from autoclip.clippers._registry import register_clipper
 from autoclip.errors import ConfigError
 
@@ -77,6 +73,8 @@ class ZScoreClip(NormBasedClipper):
         norm_type: float = 2.0,
         nonfinite: str = "skip",
         spike: str = "clip",
+        loss_z: float | None = None,
+        loss_window: int = 100,
     ) -> None:
         # Defaults are ZClip's published ones.
         check_positive("z_thresh", z_thresh)
@@ -89,6 +87,10 @@ class ZScoreClip(NormBasedClipper):
             )
         check_choice("spike", spike, SPIKE_POLICIES)
         self.spike = spike
+        # A loss guard (off by default): 100 steps are enough for a stable median and MAD.
+        _loss.check_loss_guard(loss_z, loss_window)
+        self.loss_z = loss_z
+        self.loss_window = loss_window
         self.z_thresh = z_thresh
         self.alpha = alpha
         self.warmup_steps = warmup_steps
@@ -97,6 +99,10 @@ class ZScoreClip(NormBasedClipper):
         super().__init__(norm_type=norm_type, nonfinite=nonfinite)
 
     def _initial_state(self):
+        extra = {} if self.loss_z is None else _loss.initial_state(self.loss_window)
+        return {**extra, **self._norm_state()}
+
+    def _norm_state(self):
         zero = torch.zeros((), dtype=torch.float32)
         return {
             "count": torch.zeros((), dtype=torch.long),  # finite norms seen
