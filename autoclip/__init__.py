@@ -21,6 +21,7 @@ from autoclip.errors import (
     StorageError,
     TaskError,
 )
+from autoclip.monitor import ClipMonitor
 from autoclip.probe import GradTrace, probe, probe_task
 from autoclip.propose import Candidate, Proposal, SearchSpace, propose, suggest
 from autoclip.search import TrialRecord, TuneResult, load_result, suggest_clipper, tune
@@ -35,6 +36,7 @@ __all__ = [
     "AutoclipError",
     "BaseClipper",
     "Candidate",
+    "ClipMonitor",
     "ClipResult",
     "ClipperInfo",
     "ConfigError",

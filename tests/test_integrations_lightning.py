@@ -24,7 +24,9 @@ class Regression(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = nn.functional.mse_loss(self.net(x).float(), y)
+        out = self.net(x)
+        self.out_dtype = out.dtype  # bf16 under precision="bf16-mixed": autocast is on
+        loss = nn.functional.mse_loss(out.float(), y)
         self.log("train_loss", loss)
         return loss
 
@@ -96,7 +98,9 @@ def test_clips_every_step_to_the_threshold_and_logs_the_pre_clip_norm(tmp_path, 
     t = trainer(
         [before, cb, after], tmp_path, precision=precision, logger=logger, log_every_n_steps=2
     )
-    t.fit(Regression(), loader())
+    module = Regression()
+    t.fit(module, loader())
+    assert module.out_dtype == (torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
     steps = 2 * N_BATCHES
     assert len(before.norms) == len(after.norms) == steps
     assert min(before.norms) > 0.5  # clipping really had work to do every step

@@ -86,9 +86,11 @@ class Logs(transformers.TrainerCallback):
 
 
 def fit(tmp_path, clipper, *, before=None, extra=(), resume=None, **kw):
-    reporter = Logs()
+    reporter, net = Logs(), model()
+    dtypes = set()  # of the logits: bf16 when the Trainer's autocast is on
+    net.lm_head.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype))
     trainer = transformers.Trainer(
-        model=model(),
+        model=net,
         args=args(tmp_path, **kw),
         train_dataset=Tokens(),
         callbacks=[*extra, reporter],
@@ -97,6 +99,7 @@ def fit(tmp_path, clipper, *, before=None, extra=(), resume=None, **kw):
     if before is not None:
         trainer.callback_handler.callbacks.insert(0, before)
     trainer.train(resume_from_checkpoint=resume)
+    trainer.logits_dtypes = dtypes
     return trainer, cb, reporter
 
 
@@ -105,6 +108,7 @@ def test_clips_every_step_to_the_threshold_and_logs_the_pre_clip_norm(tmp_path, 
     before, after = GradNorms(), GradNorms()
     clipper = autoclip.create_clipper("norm", max_norm=THRESHOLD)
     trainer, cb, reporter = fit(tmp_path, clipper, before=before, extra=[after], bf16=bf16)
+    assert trainer.logits_dtypes == {torch.bfloat16 if bf16 else torch.float32}
     assert len(before.norms) == len(after.norms) == STEPS
     assert min(before.norms) > THRESHOLD  # there was clipping to do on every step
     assert max(after.norms) <= THRESHOLD * (1 + 1e-3)
