@@ -13,7 +13,8 @@ What an interval reports (names after ``prefix``, ``"autoclip/"`` by default):
 * ``threshold``: the threshold of the interval's last step (for ``value`` / ``agc`` clippers
   the clip value or ratio, as in ``ClipResult.threshold``);
 * ``clipped_frac``: fraction of the interval's steps that were clipped;
-* ``skipped_frac``: fraction whose gradients were non-finite and were skipped.
+* ``skipped_frac``: fraction of skipped steps (non-finite gradients; spikes, for clippers
+  that skip them).
 
 Plain PyTorch::
 
@@ -89,10 +90,13 @@ class ClipMonitor:
         """
         norm = result.total_norm.detach().float()
         finite = result.finite
+        # Clippers that can also skip finite steps (spikes) say so in `skipped`.
+        skipped = getattr(result, "skipped", None)
+        skipped = ~finite if skipped is None else skipped
         kept = torch.where(finite, norm, torch.zeros_like(norm))
         threshold = result.threshold.detach().float().to(norm.device).reshape(())
         row = torch.stack(
-            [kept, kept, finite.float(), result.clipped.float(), (~finite).float(), threshold]
+            [kept, kept, finite.float(), result.clipped.float(), skipped.float(), threshold]
         )  # [6]
         if self._acc is None:
             self._acc = row

@@ -47,6 +47,7 @@ from autoclip.integrations._common import (
     optimizer_params,
     restore_clipper,
     run_suggest,
+    skip_on_host,
 )
 from autoclip.monitor import ClipMonitor
 
@@ -192,7 +193,9 @@ class AutoClipCallback(pl.Callback):
             # Lightning leaves a fused optimizer's gradients scaled (it unscales them in its
             # step); unscale them here so the clipper measures and clips the true gradients.
             scaler.unscale_(optimizer)
-        result = self.clipper(optimizer_params(optimizer))
+        params = optimizer_params(optimizer)
+        result = self.clipper(params)
+        skip_on_host(result, params)
         self.monitor.update(result)
         every = (
             trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps

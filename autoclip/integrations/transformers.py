@@ -49,6 +49,7 @@ from autoclip.integrations._common import (
     optimizer_params,
     restore_clipper,
     run_suggest,
+    skip_on_host,
 )
 from autoclip.monitor import ClipMonitor
 
@@ -171,7 +172,10 @@ class AutoClipCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.clipper is None:
             raise ConfigError("AutoClipCallback has no clipper; pass one, or None before train()")
-        self.monitor.update(self.clipper(optimizer_params(optimizer)))
+        params = optimizer_params(optimizer)
+        result = self.clipper(params)
+        skip_on_host(result, params)
+        self.monitor.update(result)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Training logs carry "loss"; evaluation logs and the final summary do not.
