@@ -12,6 +12,10 @@ clear message). The Trainer's own ``grad_norm`` log is then the pre-clip norm. D
 clips inside its engine and FSDP (v1) hands each rank a flat shard: both refused (use
 DeepSpeed's ``gradient_clipping``, or FSDP2).
 
+A step the clipper skips is handled as in :mod:`autoclip.integrations.lightning`: a true
+skip on the host, a zero-gradient step on an accelerator (where fp16's GradScaler skips
+non-finite steps itself).
+
 With ``clipper=None`` it runs :func:`autoclip.suggest` at ``on_train_begin`` on the Trainer's
 own model, optimizer and training dataloader (the loss from ``trainer.compute_loss`` when the
 callback was added with :meth:`AutoClipCallback.add_to`, else from the model's own ``loss``
