@@ -33,6 +33,7 @@ from autoclip.errors import (
     TaskError,
     UnsupportedError,
 )
+from autoclip.monitor import ClipMonitor
 from autoclip.probe import GradTrace, probe_task
 from autoclip.propose import Candidate, Proposal, SearchSpace, suggest, suggest_task
 from autoclip.response import ResponseCurve, measure_response
@@ -48,6 +49,7 @@ __all__ = [
     "AutoclipError",
     "BaseClipper",
     "Candidate",
+    "ClipMonitor",
     "ClipResult",
     "ClipperInfo",
     "ConfigError",

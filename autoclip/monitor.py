@@ -13,7 +13,8 @@ What an interval reports (names after ``prefix``, ``"autoclip/"`` by default):
 * ``threshold``: the threshold of the interval's last step (for ``value`` / ``agc`` clippers
   the clip value or ratio, as in ``ClipResult.threshold``);
 * ``clipped_frac``: fraction of the interval's steps that were clipped;
-* ``skipped_frac``: fraction whose gradients were non-finite and were skipped.
+* ``skipped_frac``: fraction of skipped steps (non-finite gradients; spikes, for clippers
+  that skip them).
 
 Plain PyTorch::
 
@@ -53,6 +54,17 @@ class ClipMonitor:
         sink: where a report goes: an object with ``add_scalar(tag, value, step)`` (e.g.
             ``torch.utils.tensorboard.SummaryWriter``), or a callable ``(metrics, step)``.
         prefix: prepended to every metric name.
+
+    >>> import torch
+    >>> from autoclip import NormClip
+    >>> p, clip, monitor = torch.nn.Parameter(torch.zeros(2)), NormClip(1.0), ClipMonitor(every=2)
+    >>> p.grad = torch.tensor([3.0, 4.0])
+    >>> monitor.update(clip([p])) is None  # mid-interval: nothing leaves the device
+    True
+    >>> p.grad = torch.tensor([0.3, 0.4])
+    >>> metrics = monitor.update(clip([p]))  # the interval's end: one sync
+    >>> metrics["autoclip/grad_norm_max"], metrics["autoclip/clipped_frac"]
+    (5.0, 0.5)
     """
 
     def __init__(
@@ -89,10 +101,13 @@ class ClipMonitor:
         """
         norm = result.total_norm.detach().float()
         finite = result.finite
+        # Clippers that can also skip finite steps (spikes) say so in `skipped`.
+        skipped = getattr(result, "skipped", None)
+        skipped = ~finite if skipped is None else skipped
         kept = torch.where(finite, norm, torch.zeros_like(norm))
         threshold = result.threshold.detach().float().to(norm.device).reshape(())
         row = torch.stack(
-            [kept, kept, finite.float(), result.clipped.float(), (~finite).float(), threshold]
+            [kept, kept, finite.float(), result.clipped.float(), skipped.float(), threshold]
         )  # [6]
         if self._acc is None:
             self._acc = row

@@ -1,5 +1,7 @@
 """AutoClipCallback inside a real lightning.pytorch Trainer (CPU, a tiny model, seconds)."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -24,7 +26,9 @@ class Regression(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = nn.functional.mse_loss(self.net(x).float(), y)
+        out = self.net(x)
+        self.out_dtype = out.dtype  # bf16 under precision="bf16-mixed": autocast is on
+        loss = nn.functional.mse_loss(out.float(), y)
         self.log("train_loss", loss)
         return loss
 
@@ -96,7 +100,9 @@ def test_clips_every_step_to_the_threshold_and_logs_the_pre_clip_norm(tmp_path, 
     t = trainer(
         [before, cb, after], tmp_path, precision=precision, logger=logger, log_every_n_steps=2
     )
-    t.fit(Regression(), loader())
+    module = Regression()
+    t.fit(module, loader())
+    assert module.out_dtype == (torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
     steps = 2 * N_BATCHES
     assert len(before.norms) == len(after.norms) == steps
     assert min(before.norms) > 0.5  # clipping really had work to do every step
@@ -259,3 +265,32 @@ def test_two_optimizers_are_refused(tmp_path):
     cb = AutoClipCallback(autoclip.create_clipper("norm", max_norm=1.0))
     with pytest.raises(ConfigError, match="clips one optimizer's gradients, but the module"):
         trainer([cb], tmp_path, logger=False).fit(TwoOptimizers(), loader())
+
+
+def test_a_non_finite_step_changes_neither_weights_nor_momentum(tmp_path):
+    class NanAtTwo(Regression):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * math.nan if self.global_step == 2 else loss
+
+    class AroundStepTwo(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                self.before = _snapshot(pl_module, trainer.optimizers[0])
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                self.after = _snapshot(pl_module, trainer.optimizers[0])
+
+    cb, around, logger = (
+        AutoClipCallback(autoclip.create_clipper("norm", max_norm=0.5)),
+        AroundStepTwo(),
+        Recorder(),
+    )
+    t = trainer([cb, around], tmp_path, max_epochs=1, logger=logger, log_every_n_steps=4)
+    t.fit(NanAtTwo(), loader())
+    assert int(cb.clipper.skipped) == 1
+    assert len(around.before[1]) > 0  # momentum buffers exist, and did not move
+    _assert_same(around.before, around.after)
+    (row,) = [m for _, m in logger.rows if "autoclip/skipped_frac" in m]
+    assert row["autoclip/skipped_frac"] == 0.25

@@ -86,9 +86,11 @@ class Logs(transformers.TrainerCallback):
 
 
 def fit(tmp_path, clipper, *, before=None, extra=(), resume=None, **kw):
-    reporter = Logs()
+    reporter, net = Logs(), model()
+    dtypes = set()  # of the logits: bf16 when the Trainer's autocast is on
+    net.lm_head.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype))
     trainer = transformers.Trainer(
-        model=model(),
+        model=net,
         args=args(tmp_path, **kw),
         train_dataset=Tokens(),
         callbacks=[*extra, reporter],
@@ -97,6 +99,7 @@ def fit(tmp_path, clipper, *, before=None, extra=(), resume=None, **kw):
     if before is not None:
         trainer.callback_handler.callbacks.insert(0, before)
     trainer.train(resume_from_checkpoint=resume)
+    trainer.logits_dtypes = dtypes
     return trainer, cb, reporter
 
 
@@ -105,6 +108,7 @@ def test_clips_every_step_to_the_threshold_and_logs_the_pre_clip_norm(tmp_path, 
     before, after = GradNorms(), GradNorms()
     clipper = autoclip.create_clipper("norm", max_norm=THRESHOLD)
     trainer, cb, reporter = fit(tmp_path, clipper, before=before, extra=[after], bf16=bf16)
+    assert trainer.logits_dtypes == {torch.bfloat16 if bf16 else torch.float32}
     assert len(before.norms) == len(after.norms) == STEPS
     assert min(before.norms) > THRESHOLD  # there was clipping to do on every step
     assert max(after.norms) <= THRESHOLD * (1 + 1e-3)
@@ -227,3 +231,47 @@ def test_engines_that_clip_or_shard_are_refused(bad, match):
     fields.update(bad)
     with pytest.raises(ConfigError, match=match):
         _check_args(SimpleNamespace(**fields))
+
+
+def test_a_non_finite_step_changes_neither_weights_nor_adam_state(tmp_path):
+    net = model()
+    calls = []
+
+    def nan_on_third_step(module, inputs, out):  # one micro-batch per step here
+        calls.append(1)
+        return out * float("nan") if len(calls) == 3 else out
+
+    net.lm_head.register_forward_hook(nan_on_third_step)
+
+    class AroundStepThree(transformers.TrainerCallback):
+        def _snap(self, model, optimizer):
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            moments = [
+                t.clone() for s in optimizer.state.values() for t in s.values() if t.dim() > 0
+            ]
+            steps = [float(s["step"]) for s in optimizer.state.values()]
+            return state, moments, steps
+
+        def on_step_begin(self, args, state, control, model=None, optimizer=None, **kw):
+            if state.global_step == 2:
+                self.before = self._snap(model, optimizer)
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
+            if state.global_step == 3:
+                self.after = self._snap(model, optimizer)
+
+    around = AroundStepThree()
+    trainer = transformers.Trainer(
+        model=net, args=args(tmp_path), train_dataset=Tokens(), callbacks=[around]
+    )
+    cb = AutoClipCallback(autoclip.create_clipper("norm", max_norm=THRESHOLD)).add_to(trainer)
+    trainer.train()
+    assert int(cb.clipper.skipped) == 1
+    (w0, m0, s0), (w1, m1, s1) = around.before, around.after
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0)
+    assert len(m0) > 0 and s0 == s1  # Adam's step counts did not move, nor its moments
+    for a, b in zip(m0, m1, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    skipped = [h["autoclip/skipped_frac"] for h in trainer.state.log_history if "loss" in h]
+    assert skipped[1] == 0.5  # steps 3 and 4 are the second logging interval

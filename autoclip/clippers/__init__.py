@@ -1,14 +1,9 @@
 """Gradient clippers: fixed (norm, value) and adaptive (quantile, z-score, AGC)."""
 
 from autoclip.clippers._agc import AGC
-from autoclip.clippers._base import (
-    BaseClipper,
-    ClipResult,
-    NormBasedClipper,
-    check_fraction,
-    check_positive,
-)
+from autoclip.clippers._base import BaseClipper, ClipResult, check_fraction, check_positive
 from autoclip.clippers._norm import NormClip, ValueClip
+from autoclip.clippers._normbased import NormBasedClipper
 from autoclip.clippers._quantile import QuantileClip
 from autoclip.clippers._registry import (
     ClipperInfo,

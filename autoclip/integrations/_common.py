@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoclip.clippers import BaseClipper, create_clipper
+from autoclip.clippers import BaseClipper, ClipResult, create_clipper
 from autoclip.errors import ConfigError
 from autoclip.propose import Proposal, suggest
 
@@ -33,6 +33,23 @@ def restore_clipper(clipper: BaseClipper | None, state: dict[str, Any]) -> BaseC
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def skip_on_host(result: ClipResult, params: list[torch.Tensor]) -> None:
+    """Make a step the clipper skipped a true skip where that costs no sync.
+
+    The clipper zeroed the gradients of a skipped step, but momentum, Adam's moments and
+    weight decay would still move the weights. On the host, reading the decision is free, so
+    the gradients are hidden (``p.grad = None``) for the step: every torch optimizer leaves a
+    parameter without a gradient untouched. On an accelerator reading it would sync every
+    step, so there a skipped step stays a zero-gradient step.
+    """
+    skip = getattr(result, "skipped", None)
+    if skip is None:
+        skip = ~result.finite
+    if skip.device.type == "cpu" and bool(skip):
+        for p in params:
+            p.grad = None
 
 
 class OnDevice:

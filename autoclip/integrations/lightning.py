@@ -16,6 +16,12 @@ and this callback clips there. Two exceptions are handled:
   is not the global one: both refused; use DeepSpeed's ``gradient_clipping`` or FSDP2
   (``ModelParallelStrategy``) instead.
 
+A step the clipper skips (non-finite gradients, by default): the clipper zeroes its
+gradients; on the host the callback also hides them from the optimizer for that step, so the
+weights and the optimizer state do not move at all. On an accelerator that decision would cost
+a sync every step, so there a skipped step is a zero-gradient step (momentum and weight decay
+still act); with a ``GradScaler`` the scaler skips such steps itself.
+
 With ``clipper=None`` the callback runs :func:`autoclip.suggest` at the start of training on
 the trainer's own module, optimizer and training batches (moved to the device by the
 strategy, the loss from ``training_step`` under the trainer's autocast), restores them, and
@@ -47,6 +53,7 @@ from autoclip.integrations._common import (
     optimizer_params,
     restore_clipper,
     run_suggest,
+    skip_on_host,
 )
 from autoclip.monitor import ClipMonitor
 
@@ -192,7 +199,9 @@ class AutoClipCallback(pl.Callback):
             # Lightning leaves a fused optimizer's gradients scaled (it unscales them in its
             # step); unscale them here so the clipper measures and clips the true gradients.
             scaler.unscale_(optimizer)
-        result = self.clipper(optimizer_params(optimizer))
+        params = optimizer_params(optimizer)
+        result = self.clipper(params)
+        skip_on_host(result, params)
         self.monitor.update(result)
         every = (
             trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps

@@ -12,6 +12,10 @@ clear message). The Trainer's own ``grad_norm`` log is then the pre-clip norm. D
 clips inside its engine and FSDP (v1) hands each rank a flat shard: both refused (use
 DeepSpeed's ``gradient_clipping``, or FSDP2).
 
+A step the clipper skips is handled as in :mod:`autoclip.integrations.lightning`: a true
+skip on the host, a zero-gradient step on an accelerator (where fp16's GradScaler skips
+non-finite steps itself).
+
 With ``clipper=None`` it runs :func:`autoclip.suggest` at ``on_train_begin`` on the Trainer's
 own model, optimizer and training dataloader (the loss from ``trainer.compute_loss`` when the
 callback was added with :meth:`AutoClipCallback.add_to`, else from the model's own ``loss``
@@ -49,6 +53,7 @@ from autoclip.integrations._common import (
     optimizer_params,
     restore_clipper,
     run_suggest,
+    skip_on_host,
 )
 from autoclip.monitor import ClipMonitor
 
@@ -171,7 +176,10 @@ class AutoClipCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.clipper is None:
             raise ConfigError("AutoClipCallback has no clipper; pass one, or None before train()")
-        self.monitor.update(self.clipper(optimizer_params(optimizer)))
+        params = optimizer_params(optimizer)
+        result = self.clipper(params)
+        skip_on_host(result, params)
+        self.monitor.update(result)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Training logs carry "loss"; evaluation logs and the final summary do not.
