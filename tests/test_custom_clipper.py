@@ -61,3 +61,30 @@ def test_propose_tune_and_report_handle_a_new_clipper(registered):
     text = report.tune_markdown(result)
     assert f"{custom.NAME}(q=" in text
     assert custom.NAME in report.proposal_markdown(proposal)
+
+
+def test_the_stats_only_proposal_takes_candidates_and_ranges_from_the_registry():
+    from test_stats import make_trace
+
+    from autoclip.clippers import searchable
+
+    st = compute_stats(make_trace(spikes=(60,), nonfinite=(90,)))
+    p = propose(st)
+    threshold = p.candidate("norm").params["max_norm"]
+    # every searchable clipper, the recommended one first
+    assert set(p.space.strategies) == {i.name for i in searchable()}
+    assert p.space.strategies[0] == p.recommended.strategy
+    for info in searchable():
+        c = p.candidate(info.name)
+        if info.name != "norm":  # norm's own rule picks the threshold the others start from
+            assert c.params == info.propose(st, threshold)[0]
+        assert p.space.range(info.name) == info.range_for(st, c.params)
+
+
+def test_a_registered_clipper_is_in_every_new_proposal(registered):
+    from test_stats import make_trace
+
+    p = propose(compute_stats(make_trace()))
+    assert p.candidate(custom.NAME).params == {"q": 0.99}
+    low, high = p.space.range(custom.NAME)
+    assert 0 < low < high < 1 and custom.NAME in p.space.strategies
