@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -75,7 +78,7 @@ def _weights(ctx, param, value):
         w = tuple(float(x) for x in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected three numbers like 1,0.2,0.5, got {value!r}") from None
-    if len(w) != 3 or any(x < 0 for x in w) or sum(w) <= 0:
+    if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
         raise click.BadParameter(
             f"expected three non-negative weights (final loss, speed, instability) with a "
             f"positive sum, got {value!r}"
@@ -93,6 +96,19 @@ def _load(target: str):
         raise click.BadParameter(str(exc), param_hint="TARGET") from None
 
 
+def _writable_dir(ctx, param, value):
+    """--out must be a folder this user can write, found out now, not after a long search."""
+    try:
+        os.makedirs(value, exist_ok=True)
+        with tempfile.TemporaryFile(dir=value):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write to {value!r} ({exc.strerror or exc}); pass a writable folder"
+        ) from None
+    return value
+
+
 def _out_option(help: str):
     return click.option(
         "--out",
@@ -101,6 +117,7 @@ def _out_option(help: str):
         default=DEFAULT_OUT,
         show_default=True,
         type=click.Path(file_okay=False),
+        callback=_writable_dir,
         help=help,
     )
 
@@ -156,7 +173,9 @@ def main(debug: bool) -> None:
     help="Weights of final loss, speed and instability for choosing from the Pareto "
     "front [default: its knee].",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Sampler seed.")
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Sampler seed."
+)
 @click.option(
     "--storage",
     envvar="AUTOCLIP_STORAGE",
@@ -186,6 +205,11 @@ def main(debug: bool) -> None:
     help="Warm-up steps of the probe.",
 )
 @click.option("--tune-lr", is_flag=True, help="Also search a learning-rate multiplier.")
+@click.option(
+    "--resume-anyway",
+    is_flag=True,
+    help="Resume the stored study even though the task changed since it was created.",
+)
 @_out_option("Where result.json, report.md and plots go; env AUTOCLIP_OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
 @click.option(
@@ -204,6 +228,7 @@ def tune(
     workers,
     probe_steps,
     tune_lr,
+    resume_anyway,
     out_dir,
     as_json,
     quiet,
@@ -236,6 +261,7 @@ def tune(
             probe_steps=probe_steps,
             tune_lr=tune_lr,
             progress=progress,
+            resume_anyway=resume_anyway,
         )
     finally:
         close()

@@ -482,3 +482,68 @@ def test_a_study_not_made_by_autoclip_is_refused(tmp_path):
     optuna.create_study(storage=open_storage(path), study_name="theirs")
     with pytest.raises(autoclip.StorageError, match="not created by autoclip"):
         tune(FAST, n_trials=1, storage=path, study_name="theirs", baselines=False)
+
+
+# -- a local worker dies -----------------------------------------------------------------------
+@BOTH
+def test_a_local_worker_killed_mid_trial_is_reaped_and_tune_finishes(storage, tmp_path):
+    """`tune(workers=2)`; its spawned worker is SIGKILLed mid-trial. The coordinator reaps it
+    (a zombie passes ``os.kill(pid, 0)``: only its process handle knows it is dead), fails and
+    retries its trial, and finishes with exactly N trials, in bounded time."""
+    n, name = 3, "reaped"
+    log = tmp_path / "coordinator.log"
+    coordinator = _spawn_tune(
+        log,
+        task=SLOW,
+        n_trials=n,
+        steps=SLOW_STEPS,
+        storage=storage,
+        study_name=name,
+        workers=2,
+        baselines=False,
+        **COMMON,
+    )
+
+    def worker_trial():
+        for t in _trials(storage, name):
+            pid = t.user_attrs.get(ATTR + "pid")
+            if t.state == TrialState.RUNNING and pid not in (None, coordinator.pid):
+                if ATTR + "config" in t.user_attrs:
+                    return t
+        return None
+
+    killed = _wait_for("the worker's trial in training", worker_trial, 120, coordinator, log)
+    worker_pid = killed.user_attrs[ATTR + "pid"]
+    os.kill(worker_pid, signal.SIGKILL)
+    assert _finish(coordinator, log, 180) == 0, log.read_text()
+
+    trials = {t.number: t for t in _trials(storage, name)}
+    assert trials[killed.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials.values() if _retry_of(t) == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == n
+    assert f"worker process (pid {worker_pid}) died" in log.read_text()
+
+
+# -- one Python process, retried ---------------------------------------------------------------
+def test_retrying_tune_in_the_same_process_after_a_failed_probe_does_not_wait(tmp_path):
+    """In a notebook: the probe fails (a bug in the loss), the user fixes it and calls `tune`
+    again in the same process; the half-made study is not waited for as "its coordinator's"."""
+    import dataclasses
+
+    from _tasks import make_task
+
+    def broken(model, batch):
+        raise RuntimeError("bug in my loss")
+
+    path, good = str(tmp_path / "study.journal"), make_task(steps=5)
+    bad = dataclasses.replace(good, loss_fn=broken)
+    for _ in range(2):  # twice: a second failure is the same error, at once
+        start = time.monotonic()
+        with pytest.raises(Exception, match="bug in my loss"):
+            tune(bad, n_trials=2, storage=path, baselines=False, **COMMON)
+        assert time.monotonic() - start < 30
+    start = time.monotonic()
+    result = tune(good, n_trials=2, storage=path, baselines=False, **COMMON)
+    assert time.monotonic() - start < 120
+    assert sum(r.state == "COMPLETE" for r in result.trials) == 2

@@ -20,10 +20,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 import autoclip
-from autoclip import _search_journal as journal
-from autoclip._search_fingerprint import describe_changes, fingerprint
-from autoclip._search_redact import normalize_url, redact_text, redact_url
+from autoclip.search import _journal as journal
 from autoclip.search import load_result, tune
+from autoclip.search._fingerprint import describe_changes, fingerprint
+from autoclip.search._redact import normalize_url, redact_text, redact_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings(
@@ -314,3 +314,76 @@ def test_driver_messages_lose_the_secret_too():
     out = redact_text(msg, url)
     assert "p@ss" not in out and "other" not in out and "ss@db" not in out
     assert normalize_url(url).startswith("postgresql://me:p%40ss@db/x")
+
+
+# -- arguments checked before the probe ------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra, what",
+    [
+        (["--seed", "-1"], "--seed"),
+        (["--out", "{file}/sub"], "--out"),
+        (["--weights", "nan,1,1"], "--weights"),
+        (["--storage", "{file}/study.journal"], "folder"),
+    ],
+    ids=["seed", "out", "weights", "storage"],
+)
+def test_bad_arguments_fail_before_the_probe_with_one_line(tmp_path, extra, what):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    journal_path = tmp_path / "s.journal"
+    args = ["tune", FAST, "--storage", str(journal_path), "--out", str(tmp_path / "out")]
+    args += [a.format(file=file) for a in extra]
+    proc = _cli(*args, timeout=60)
+    assert proc.returncode in (1, 2), proc.stderr
+    assert what in _error_line(proc)
+    assert not journal_path.exists()  # nothing created: refused before the study and probe
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seed=-1), "seed"),
+        (dict(strategies=["norm", "nope"]), "strategies"),
+        (dict(weights=(1.0, float("nan"), 1.0)), "weights"),
+        (dict(lr_range=0.5), "lr_range"),
+        (dict(max_instability=-1.0), "max_instability"),
+        (dict(probe_steps=0), "probe_steps"),
+    ],
+)
+def test_bad_tune_arguments_are_refused_before_anything_is_stored(tmp_path, kwargs, match):
+    path = tmp_path / "s.journal"
+    args = {**COMMON, **kwargs}
+    with pytest.raises(autoclip.ConfigError, match=match) as info:
+        tune(FAST, n_trials=1, storage=str(path), baselines=False, **args)
+    assert "\n" not in str(info.value)
+    assert not path.exists()
+
+
+# -- every trial diverged --------------------------------------------------------------------
+def test_a_study_whose_every_trial_diverged_says_so_and_chooses_nothing(tmp_path):
+    task = tmp_path / "nan_task.py"
+    task.write_text(
+        "import dataclasses, sys\n"
+        f"sys.path.insert(0, {str(HERE)!r})\n"
+        "from _tasks import make_task as base\n"
+        "def make_task():\n"
+        "    return dataclasses.replace(base(), eval_fn=lambda model: float('nan'))\n"
+    )
+    out = tmp_path / "out"
+    proc = _cli(
+        "tune",
+        f"{task}:make_task",
+        "--trials",
+        "3",
+        "--steps",
+        "5",
+        "--probe-steps",
+        "10",
+        "--storage",
+        str(tmp_path / "s.journal"),
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "diverged" in (proc.stdout + proc.stderr)
+    assert "chosen:" not in proc.stdout

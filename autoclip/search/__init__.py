@@ -1,0 +1,49 @@
+"""Optuna search over clipping configurations.
+
+``tune(task)`` probes the task, turns the proposal into a search space (the strategy as a
+categorical, each strategy's threshold as a conditional parameter, optionally the learning
+rate), enqueues the proposal's candidates first, and runs an Optuna study whose trials each
+train the task from scratch with one clipper. ``suggest_clipper(trial, proposal)`` is the same
+sampling step, for users who run their own study.
+
+Modes:
+
+* ``"pareto"``: minimise (final loss, convergence speed, instability) jointly with
+  multi-objective TPE. Optuna does not prune multi-objective studies, so a diverging trial
+  ends early by itself (``training.train`` stops at divergence) and scores as a diverged run.
+* ``"single"``: minimise the final loss with a median pruner, subject to
+  ``instability <= max_instability`` (TPE's constraints).
+
+Storage and workers: ``storage=None`` keeps the study in memory; a file path uses Optuna's
+journal file (safe for several processes on one machine); a URL (``postgresql://``,
+``sqlite://``...) uses Optuna's RDB storage with heartbeats, so the trial of a worker that died
+is marked failed and retried with the same parameters. The first process to create a study is
+its coordinator: it probes, stores the proposal in the study and enqueues the candidates once;
+every other process (``workers=N`` locally, or the same command on other machines) loads them
+from the study. Trials count towards ``n_trials`` across all workers and restarts; a trial
+started beyond the budget by a race is stopped at once and marked ``surplus``.
+"""
+
+from autoclip.search._result import (
+    TrialRecord,
+    TuneResult,
+    choose,
+    describe_config,
+    load_result,
+    pareto_front,
+)
+from autoclip.search._space import _enqueue_params, suggest_clipper  # noqa: F401 (tests)
+from autoclip.search._storage import open_storage
+from autoclip.search._tune import tune
+
+__all__ = [
+    "TrialRecord",
+    "TuneResult",
+    "choose",
+    "describe_config",
+    "load_result",
+    "open_storage",
+    "pareto_front",
+    "suggest_clipper",
+    "tune",
+]

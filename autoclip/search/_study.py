@@ -1,0 +1,254 @@
+"""Creating and loading a study: its settings, sampler, pruner and coordinator."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autoclip.errors import StorageError
+from autoclip.objectives import NAMES
+from autoclip.probe import probe_task
+from autoclip.propose import Proposal, propose
+from autoclip.search._fingerprint import describe_changes
+from autoclip.search._space import _enqueue_params
+from autoclip.search._storage import ATTR
+from autoclip.search._watch import pid_alive
+from autoclip.stats import compute_stats
+from autoclip.task import Task
+
+MODES = ("pareto", "single")
+_SETTING_UP: set[str] = set()  # studies this process is setting up right now (any thread)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every worker must agree on; stored in the study by its coordinator."""
+
+    mode: str
+    steps: int
+    strategies: tuple[str, ...]
+    tune_lr: bool
+    lr_range: float
+    max_instability: float
+    task: str
+
+    def key(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _directions(mode: str) -> list[str]:
+    return ["minimize"] * (len(NAMES) if mode == "pareto" else 1)
+
+
+def _make_sampler(mode: str, seed: int | None, n_startup: int, worker: int):
+    # Each worker gets its own seed, or two workers would propose the same points.
+    s = None if seed is None else seed + worker
+    kw: dict[str, Any] = {"seed": s, "n_startup_trials": n_startup}
+    if mode == "single" and not _HAS_SET_CONSTRAINT:  # optuna < 5: the old hook
+        kw["constraints_func"] = _constraints
+    return optuna.samplers.TPESampler(**kw)
+
+
+_HAS_SET_CONSTRAINT = hasattr(optuna.Trial, "set_constraint")
+
+
+def _constraints(trial: FrozenTrial) -> Sequence[float]:
+    return trial.user_attrs.get(ATTR + "constraint", [0.0])
+
+
+def _make_pruner(mode: str, steps: int):
+    if mode == "pareto":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, steps // 5))
+
+
+def _load_study(
+    storage, study_name: str, *, worker: int = 0, seed: int | None = None, wait: float = 600.0
+):
+    """Load an existing study once its coordinator has stored the proposal."""
+    deadline = time.monotonic() + wait
+    while True:
+        summary = _summary(storage, study_name)
+        if summary is None:
+            raise StorageError(
+                f"study {study_name!r} is not in the storage (its coordinator's setup failed "
+                "and removed it); rerun the command"
+            )
+        if summary.user_attrs.get(ATTR + "ready"):
+            break
+        if time.monotonic() > deadline:
+            raise StorageError(
+                f"study {study_name!r} exists but its coordinator never finished setting it "
+                f"up within {wait:.0f} s; delete it or use another study name"
+            )
+        time.sleep(0.5)
+    attrs = summary.user_attrs
+    settings = _Settings(
+        **{**attrs[ATTR + "settings"], "strategies": tuple(attrs[ATTR + "settings"]["strategies"])}
+    )
+    proposal = Proposal.from_json(attrs[ATTR + "proposal"])
+    n_startup = len(_enqueue_params(proposal, settings.strategies)) + 2
+    seed = _process_seed(seed, attrs.get(ATTR + "coordinator"))
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=_make_sampler(settings.mode, seed, n_startup, worker),
+        pruner=_make_pruner(settings.mode, settings.steps),
+    )
+    return study, proposal, settings
+
+
+def _summary(storage, study_name: str) -> optuna.study.StudySummary | None:
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if s.study_name == study_name:
+            return s
+    return None
+
+
+def _abandoned(summary: optuna.study.StudySummary) -> bool:
+    """Whether the study's coordinator died on this host before it finished setting it up
+    (an interrupted probe), or is this very process, no longer setting it up (a failed
+    probe in a notebook, retried): then a rerun may set it up afresh, as no trial ran yet."""
+    if summary.user_attrs.get(ATTR + "ready"):
+        return False
+    who = summary.user_attrs.get(ATTR + "coordinator") or {}
+    pid = who.get("pid")
+    if who.get("host") != socket.gethostname() or pid is None:
+        return False
+    if pid == os.getpid():
+        return summary.study_name not in _SETTING_UP
+    return not pid_alive(pid)
+
+
+def _process_seed(seed: int | None, coordinator: dict[str, Any] | None) -> int | None:
+    """``seed`` for the coordinator and its worker processes; a seed of its own for any other
+    process (another machine, a rerun), which runs the same command with the same ``--seed``
+    and would otherwise sample exactly the points the coordinator's workers sample."""
+    if seed is None or not coordinator:
+        return seed
+    host = socket.gethostname()
+    if coordinator.get("host") == host and coordinator.get("pid") in (os.getpid(), os.getppid()):
+        return seed
+    digest = hashlib.sha256(f"{seed}/{host}/{os.getpid()}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _check_compatible(
+    storage,
+    study_name: str,
+    settings: _Settings,
+    fingerprint: dict[str, Any] | None = None,
+    resume_anyway: bool = False,
+    wait: float = 600.0,
+) -> None:
+    """Refuse a study created with other settings, or for a task that has changed since
+    (unless ``resume_anyway``); wait, up to ``wait`` s, while its coordinator probes."""
+    start = time.monotonic()
+    while True:
+        summary = _summary(storage, study_name)
+        if summary is None or _abandoned(summary):
+            return  # _create_if_absent sets it up
+        stored = summary.user_attrs.get(ATTR + "settings")
+        if stored is not None:
+            break
+        # The coordinator marks the study right after creating it; allow it a moment.
+        if ATTR + "coordinator" not in summary.user_attrs and time.monotonic() - start > 3.0:
+            raise StorageError(
+                f"study {study_name!r} exists but was not created by autoclip; "
+                "choose another study name"
+            )
+        if time.monotonic() - start > wait:
+            who = summary.user_attrs.get(ATTR + "coordinator", {})
+            raise StorageError(
+                f"study {study_name!r} is still being set up by its coordinator (pid "
+                f"{who.get('pid')} on {who.get('host')}) after {wait:.0f} s; if that process "
+                "is gone, rerun on that host, or delete the study or use another study name"
+            )
+        time.sleep(0.5)
+    mine = settings.key()
+    if not settings.strategies:  # "the proposal's strategies": whatever was stored
+        mine.pop("strategies")
+    diff = {k: (stored.get(k), v) for k, v in mine.items() if stored.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k}: stored {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise StorageError(
+            f"study {study_name!r} was created with a different search ({what}); "
+            "rerun with the same options or choose another study name"
+        )
+    stored_fp = summary.user_attrs.get(ATTR + "fingerprint")
+    if fingerprint is None or stored_fp is None or resume_anyway:
+        return  # a study from an autoclip that kept no fingerprint: nothing to compare
+    changes = describe_changes(stored_fp, fingerprint)
+    if changes:
+        raise StorageError(
+            f"study {study_name!r} was created for a different task ({'; '.join(changes)}); "
+            "start a new study with another --study name, or pass --resume-anyway "
+            "(tune(resume_anyway=True)) to continue this one with the changed task"
+        )
+
+
+def _create_if_absent(
+    store,
+    study_name: str,
+    task: Task,
+    settings: _Settings,
+    probe_steps: int,
+    n_trials: int,
+    fingerprint: dict[str, Any] | None = None,
+) -> None:
+    """Create the study, probe, store the proposal and enqueue the candidates, once."""
+    for _ in range(3):
+        try:
+            study = optuna.create_study(
+                storage=store, study_name=study_name, directions=_directions(settings.mode)
+            )
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            summary = _summary(store, study_name)
+            if summary is not None and not _abandoned(summary):
+                return  # another process is (or was) the coordinator
+            if summary is not None:
+                _delete(store, study_name)
+    else:
+        return
+    _SETTING_UP.add(study_name)
+    try:
+        coordinator = {"host": socket.gethostname(), "pid": os.getpid()}
+        study.set_user_attr(ATTR + "coordinator", coordinator)
+        if fingerprint is not None:
+            study.set_user_attr(ATTR + "fingerprint", fingerprint)
+        trace = probe_task(task, steps=probe_steps)
+        proposal = propose(compute_stats(trace))
+        strategies = settings.strategies or proposal.space.strategies
+        stored = {**settings.key(), "strategies": list(strategies)}
+        study.set_user_attr(ATTR + "settings", stored)
+        study.set_user_attr(ATTR + "proposal", proposal.to_json())
+        study.set_user_attr(ATTR + "probe_steps", len(trace.norms))
+        # No more than the budget: a candidate left waiting would hold a slot that a retried
+        # trial needs.
+        for params in _enqueue_params(proposal, strategies)[:n_trials]:
+            study.enqueue_trial(params)
+        study.set_user_attr(ATTR + "ready", True)
+    except BaseException:
+        # A failed probe (or Ctrl-C) leaves no half-made study behind: no trial ran yet, and
+        # a retry, in this process or another, sets it up afresh instead of waiting for it.
+        _delete(store, study_name)
+        raise
+    finally:
+        _SETTING_UP.discard(study_name)
+
+
+def _delete(store, study_name: str) -> None:
+    """Delete a study that is not ready (no trial ran), if it is still there."""
+    try:
+        store.delete_study(store.get_study_id_from_name(study_name))
+    except Exception:  # another rerun deleted it first, or the storage cannot be written
+        pass

@@ -1,0 +1,236 @@
+"""``tune(task)``: probe, search, baselines, result."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autoclip.errors import ConfigError
+from autoclip.objectives import NAMES, evaluate
+from autoclip.search._fingerprint import fingerprint
+from autoclip.search._result import TrialRecord, TuneResult, _result
+from autoclip.search._space import _SEARCHED
+from autoclip.search._storage import ATTR, HEARTBEAT_INTERVAL, open_storage
+from autoclip.search._study import (
+    MODES,
+    _check_compatible,
+    _create_if_absent,
+    _load_study,
+    _Settings,
+)
+from autoclip.search._watch import LocalWorkers, wait_limit
+from autoclip.search._workers import _fail_dead, _run_worker, _worker_process
+from autoclip.task import Task, load_task
+from autoclip.training import train
+
+
+def _baselines(task: Task, steps: int, steps_so_far: dict[str, Any]) -> dict[str, TrialRecord]:
+    arms = {"no clipping": None, "fixed norm 1.0": {"name": "norm", "max_norm": 1.0}}
+    out = {}
+    for i, (name, config) in enumerate(arms.items()):
+        if name in steps_so_far:
+            out[name] = TrialRecord.from_dict(steps_so_far[name])
+            continue
+        log = train(task, config, steps=steps)
+        obj = evaluate(log)
+        out[name] = TrialRecord(
+            number=-(i + 1),
+            state="COMPLETE",
+            config=config,
+            values=obj.as_tuple(),
+            diverged=log.diverged,
+            reason=log.reason,
+            clipped_fraction=log.clipped_fraction,
+            steps_run=log.steps_run,
+        )
+    return out
+
+
+def _check_arguments(
+    *,
+    mode,
+    n_trials,
+    workers,
+    weights,
+    seed,
+    probe_steps,
+    strategies,
+    lr_range,
+    max_instability,
+    heartbeat_interval,
+) -> None:
+    """Refuse a bad argument before anything is stored or trained (one line each)."""
+
+    def whole(name: str, value: Any, low: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"`{name}` must be an int >= {low}, but got {value!r}")
+
+    if mode not in MODES:
+        raise ConfigError(f"`mode` must be one of {MODES}, but got {mode!r}")
+    whole("n_trials", n_trials, 1)
+    whole("workers", workers, 1)
+    whole("probe_steps", probe_steps, 2)
+    whole("heartbeat_interval", heartbeat_interval, 1)
+    if seed is not None:
+        whole("seed", seed, 0)
+    if weights is not None:
+        try:
+            w = [float(x) for x in weights]
+        except (TypeError, ValueError):
+            w = []
+        if len(w) != len(NAMES) or not all(map(math.isfinite, w)) or min(w) < 0 or sum(w) <= 0:
+            raise ConfigError(
+                f"`weights` must be {len(NAMES)} finite non-negative numbers for {NAMES} with "
+                f"a positive sum, but got {weights!r}"
+            )
+    if strategies is not None:
+        if isinstance(strategies, str) or not all(isinstance(x, str) for x in strategies):
+            raise ConfigError(f"`strategies` must be a list of names, but got {strategies!r}")
+        unknown = [x for x in strategies if x not in _SEARCHED]
+        if unknown or not strategies:
+            raise ConfigError(
+                f"`strategies` must name some of {sorted(_SEARCHED)}, but got {list(strategies)}"
+            )
+    if not (isinstance(lr_range, (int, float)) and math.isfinite(lr_range) and lr_range > 1):
+        raise ConfigError(f"`lr_range` must be a finite number > 1, but got {lr_range!r}")
+    if not (isinstance(max_instability, (int, float)) and 0 <= max_instability <= 1):
+        raise ConfigError(
+            f"`max_instability` must be a number in [0, 1], but got {max_instability!r}"
+        )
+
+
+def tune(
+    task: Task | str,
+    n_trials: int = 20,
+    steps: int | None = None,
+    *,
+    mode: str = "pareto",
+    weights: Sequence[float] | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    seed: int | None = 0,
+    workers: int = 1,
+    probe_steps: int = 100,
+    strategies: Sequence[str] | None = None,
+    tune_lr: bool = False,
+    lr_range: float = 3.0,
+    max_instability: float = 0.05,
+    baselines: bool = True,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    progress: Callable[[int, int], None] | None = None,
+    resume_anyway: bool = False,
+) -> TuneResult:
+    """Search clipping configurations for ``task``; see the module docstring.
+
+    Args:
+        task: a Task, or a target string for :func:`autoclip.task.load_task` (needed when
+            ``workers > 1``, so that each worker process can load it).
+        n_trials: trials in the study in total, across workers and restarts.
+        steps: training steps per trial (default ``task.steps``).
+        mode: ``"pareto"`` or ``"single"``.
+        weights: weights of (final loss, speed, instability) for choosing from the Pareto
+            front after normalising each objective over it; default: the knee (the front
+            point nearest the ideal point in normalised objective space).
+        storage: None, a journal file path, or an Optuna storage URL.
+        study_name: default ``autoclip-<task name>``; rerunning with it resumes the study.
+        seed: seeds the sampler (worker i uses seed + i); trials train with the task's seed.
+        workers: local worker processes (> 1 needs a storage that processes share).
+        probe_steps: warm-up steps of the probe that builds the proposal.
+        strategies: restrict the strategies searched (default: the proposal's).
+        tune_lr: also search a learning-rate multiplier in ``[1/lr_range, lr_range]``.
+        max_instability: the constraint of ``"single"`` mode.
+        baselines: also train no clipping and fixed norm 1.0 for comparison.
+        resume_anyway: resume a stored study even though the task's fingerprint (model,
+            optimizer, data, code, seed) changed since it was created; by default that is
+            refused, naming what changed.
+    """
+    _check_arguments(
+        mode=mode,
+        n_trials=n_trials,
+        workers=workers,
+        weights=weights,
+        seed=seed,
+        probe_steps=probe_steps,
+        strategies=strategies,
+        lr_range=lr_range,
+        max_instability=max_instability,
+        heartbeat_interval=heartbeat_interval,
+    )
+    target = task if isinstance(task, str) else None
+    if workers > 1 and (target is None or not isinstance(storage, str)):
+        raise ConfigError(
+            "workers > 1 needs the task as a target string ('file.py:name' or a study name) "
+            "and a storage path or URL, so that every worker process can load both"
+        )
+    task = load_task(task)
+    steps = task.steps if steps is None else steps
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ConfigError(f"`steps` must be an int >= 1, but got {steps!r}")
+    study_name = study_name or f"autoclip-{task.name}"
+    fp = fingerprint(task) if storage is not None else None  # before anything is stored
+    store = open_storage(storage, heartbeat_interval=heartbeat_interval)
+
+    # Every worker must agree on these; the search space itself comes from the proposal.
+    settings = _Settings(
+        mode=mode,
+        steps=steps,
+        strategies=tuple(strategies or ()),
+        tune_lr=tune_lr,
+        lr_range=lr_range,
+        max_instability=max_instability,
+        task=task.name,
+    )
+    _check_compatible(store, study_name, settings, fp, resume_anyway)
+    _create_if_absent(store, study_name, task, settings, probe_steps, n_trials, fp)
+    study, proposal, settings = _load_study(store, study_name, seed=seed)
+
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(1)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker_process,
+            args=(target, storage, study_name, n_trials, i, seed, heartbeat_interval),
+            daemon=True,
+        )
+        for i in range(1, workers)
+    ]
+    for p in procs:
+        p.start()
+    # The coordinator watches its workers by their handles: a dead one is reaped, its trial
+    # failed and retried (a zombie would pass a check by process id and be waited for).
+    watch = LocalWorkers(procs, lambda pid, code: _fail_dead(study, dead={pid}))
+    try:
+        _run_worker(
+            study,
+            task,
+            proposal,
+            settings,
+            n_trials,
+            progress,
+            watcher=os.getpid(),
+            between_trials=watch.check,
+        )
+    finally:
+        durations = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.datetime_start and t.datetime_complete
+        ]
+        watch.join(wait_limit(durations))
+
+    attrs = study.user_attrs
+    base = attrs.get(ATTR + "baselines", {})
+    if baselines and len(base) < 2:
+        base = {k: asdict(v) for k, v in _baselines(task, steps, base).items()}
+        study.set_user_attr(ATTR + "baselines", base)
+    return _result(study, storage, n_trials, weights, proposal, settings, base)
