@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from autoclip import report
+from autoclip import report, report_tune
 from autoclip.errors import AutoclipError, ConfigError, TaskError
 
 DEFAULT_STORAGE = "autoclip.journal"  # in the working directory, so a rerun resumes
@@ -146,14 +146,22 @@ def main(debug: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.WARNING)
 
 
+def _exit_if_nothing_chosen(result) -> None:
+    """Every trial diverged: say so on stderr and exit 1 (the report is written)."""
+    if result.chosen is None:
+        click.echo(f"Error: {result.warning}", err=True)
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("target")
 @click.option(
     "--trials",
-    default=20,
+    default=9,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Trials in the study, in total across workers and reruns.",
+    help="Trials (configurations) in the study, in total across workers and reruns; "
+    "most are pruned at a rung.",
 )
 @click.option(
     "--steps", type=click.IntRange(min=1), help="Training steps per trial [default: the task's]."
@@ -199,16 +207,19 @@ def main(debug: bool) -> None:
 )
 @click.option(
     "--probe-steps",
-    default=100,
-    show_default=True,
     type=click.IntRange(min=2),
-    help="Warm-up steps of the probe.",
+    help="Warm-up steps of the probe [default: a tenth of the steps, within 20..100].",
 )
 @click.option("--tune-lr", is_flag=True, help="Also search a learning-rate multiplier.")
 @click.option(
     "--resume-anyway",
     is_flag=True,
     help="Resume the stored study even though the task changed since it was created.",
+)
+@click.option(
+    "--full-length",
+    is_flag=True,
+    help="Train every trial for the full length (no successive halving over rungs).",
 )
 @_out_option("Where result.json, report.md and plots go; env AUTOCLIP_OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON only.")
@@ -229,6 +240,7 @@ def tune(
     probe_steps,
     tune_lr,
     resume_anyway,
+    full_length,
     out_dir,
     as_json,
     quiet,
@@ -260,19 +272,21 @@ def tune(
             workers=workers,
             probe_steps=probe_steps,
             tune_lr=tune_lr,
+            fidelity=not full_length,
             progress=progress,
             resume_anyway=resume_anyway,
         )
     finally:
         close()
-    files = report.write_tune_report(result, Path(out_dir)).values()
+    files = report_tune.write_tune_report(result, Path(out_dir)).values()
     if as_json:
         click.echo(result.to_json())
     elif quiet:  # one line for scripts: the chosen configuration
         click.echo(json.dumps(result.best_config))
     else:
-        click.echo(report.format_tune(result))
+        click.echo(report_tune.format_tune(result))
         click.echo("wrote " + ", ".join(str(f) for f in files))
+    _exit_if_nothing_chosen(result)
 
 
 @main.command()
@@ -354,12 +368,13 @@ def report_cmd(storage, study_name, weights, out_dir, as_json):
             param_hint="--storage",
         )
     result = load_result(storage, study_name, weights=weights)
-    files = report.write_tune_report(result, Path(out_dir)).values()
+    files = report_tune.write_tune_report(result, Path(out_dir)).values()
     if as_json:
         click.echo(result.to_json())
     else:
-        click.echo(report.format_tune(result))
+        click.echo(report_tune.format_tune(result))
         click.echo("wrote " + ", ".join(str(f) for f in files))
+    _exit_if_nothing_chosen(result)
 
 
 @main.group(invoke_without_command=True)

@@ -6,7 +6,7 @@ draws with ``plot_*`` functions that return a matplotlib ``Figure`` (saved when 
 Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``, so
 plotting changes no global state and works without a display.
 
-Sections: shared helpers; probe statistics and proposals; search results.
+Sections: shared helpers; probe statistics and proposals. Search results: ``report_tune``.
 """
 
 from __future__ import annotations
@@ -17,21 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from autoclip.propose import Proposal
-from autoclip.search import TuneResult
 from autoclip.stats import GradStats
 
 __all__ = [
-    "format_tune",
     "markdown_table",
     "plot_layers",
     "plot_norms",
-    "plot_tune",
     "proposal_markdown",
     "stats_markdown",
-    "tune_markdown",
     "write_json",
     "write_probe_report",
-    "write_tune_report",
 ]
 
 
@@ -296,171 +291,13 @@ def write_probe_report(
     return written
 
 
-# ---------------------------------------------------------------------------------------------
-# Search results
-# ---------------------------------------------------------------------------------------------
-OBJECTIVE_NOTE = (
-    "lower is better: speed = loss-curve area / initial loss; "
-    "instability = fraction of loss spikes, 1 if diverged"
-)
+# Search results live in autoclip.report_tune; their names stay reachable from here.
+_TUNE = ("format_tune", "plot_tune", "tune_markdown", "write_tune_report", "OBJECTIVE_NOTE")
 
 
-def _values(v: Sequence[float] | None) -> list[Any]:
-    return list(v) if v is not None else ["-", "-", "-"]
+def __getattr__(name: str) -> Any:
+    if name in _TUNE:
+        from autoclip import report_tune
 
-
-def _lineage(result: TuneResult) -> list[str]:
-    lines = []
-    for t in result.trials:
-        if t.retry_of is not None:
-            lines.append(f"trial {t.number} retries trial {t.retry_of} ({t.state.lower()})")
-        elif t.state == "FAIL":
-            lines.append(f"trial {t.number} failed: {t.reason or 'its worker died'}")
-    return lines
-
-
-def format_tune(result: TuneResult) -> str:
-    """The chosen configuration, why, the Pareto front and the baselines as a compact table."""
-    complete = sum(t.state == "COMPLETE" for t in result.trials)
-    rec = result.proposal.recommended
-    lines = [
-        f"study {result.study_name!r} ({result.mode} mode): {complete} of "
-        f"{len(result.trials)} trials complete, {result.train_steps} training steps spent",
-        f"chosen: {result.chosen.label}  (trial {result.chosen.number})",
-        f"why:    {result.rule}",
-        f"probe proposed: {rec.describe()} - {result.proposal.reason}",
-        "",
-        f"  {'configuration':36} {'final loss':>10} {'speed':>7} {'instab':>7}  note",
-    ]
-
-    def row(mark: str, label: str, values, note: str) -> str:
-        f, s, i = values if values is not None else (math.nan,) * 3
-        return f"{mark:2}{label[:36]:36} {f:10.4g} {s:7.3f} {i:7.3f}  {note}"
-
-    for r in result.pareto:
-        mark = "*" if r.number == result.chosen.number else ""
-        lines.append(row(mark, r.label, r.values, f"Pareto front, trial {r.number}"))
-    for name, r in result.baselines.items():
-        lines.append(row("", name, r.values, "baseline" + (" (diverged)" if r.diverged else "")))
-    lines += _lineage(result)
-    lines.append(f"({OBJECTIVE_NOTE})")
-    return "\n".join(lines)
-
-
-def tune_markdown(result: TuneResult) -> str:
-    """A Markdown report of a search: the choice, the baselines and every trial."""
-    chosen = result.chosen
-    base = markdown_table(
-        ["baseline", "final loss", "speed", "instability", "diverged"],
-        [[n, *_values(r.values), r.reason or "no"] for n, r in result.baselines.items()],
-    )
-    trials = markdown_table(
-        [
-            "trial",
-            "configuration",
-            "state",
-            "final loss",
-            "speed",
-            "instability",
-            "clipped",
-            "note",
-        ],
-        [
-            [
-                t.number,
-                t.label,
-                t.state,
-                *_values(t.values),
-                "-" if t.clipped_fraction is None else float(t.clipped_fraction),
-                " ".join(
-                    x
-                    for x in (
-                        "**chosen**" if t.number == chosen.number else "",
-                        "Pareto" if t in result.pareto else "",
-                        f"retry of {t.retry_of}" if t.retry_of is not None else "",
-                        t.reason or "",
-                    )
-                    if x
-                ),
-            ]
-            for t in result.trials
-        ],
-    )
-    return "\n".join(
-        [
-            f"# autoclip search: {result.study_name}",
-            "",
-            f"Chosen: **{chosen.label}** (trial {chosen.number}): {result.rule}.",
-            "",
-            f"The probe proposed {result.proposal.recommended.describe()}: "
-            f"{result.proposal.reason}",
-            "",
-            f"{result.mode} mode, {len(result.trials)} trials, "
-            f"{result.train_steps} training steps spent; {OBJECTIVE_NOTE}.",
-            "",
-            "## Baselines",
-            "",
-            base,
-            "",
-            "## Trials",
-            "",
-            trials,
-            "",
-        ]
-    )
-
-
-def plot_tune(result: TuneResult, path: str | Path | None = None) -> Any:
-    """Final loss against speed and against instability for every trial; the Pareto front,
-    the choice and the baselines marked."""
-    fig = _figure_class()(figsize=(10, 4))
-    axes = fig.subplots(1, 2)
-    front = {t.number for t in result.pareto}
-    done = [t for t in result.trials if t.values is not None]
-    for ax, j, xlabel in (
-        (axes[0], 1, "speed (loss-curve area / initial loss)"),
-        (axes[1], 2, "instability (loss-spike fraction)"),
-    ):
-        for t in done:
-            color = "tab:red" if t.diverged else "tab:blue" if t.number in front else "tab:gray"
-            ax.scatter(t.values[j], t.values[0], color=color, alpha=0.8, s=25)
-        c = result.chosen
-        ax.scatter(
-            c.values[j],
-            c.values[0],
-            marker="*",
-            s=250,
-            color="gold",
-            edgecolor="black",
-            zorder=5,
-            label=f"chosen: {c.label}",
-        )
-        for name, b in result.baselines.items():
-            if b.values is not None:
-                ax.scatter(b.values[j], b.values[0], marker="x", s=80, label=name)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("final loss")
-        ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{result.study_name}: trials (blue: Pareto front, red: diverged)", fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
-    return fig
-
-
-def write_tune_report(
-    result: TuneResult, out_dir: str | Path, *, plots: bool = True
-) -> dict[str, Path]:
-    """Write ``result.json``, ``report.md`` and (with matplotlib) ``tune.png``."""
-    out = Path(out_dir)
-    written = {"json": write_json(result, out / "result.json")}
-    written["markdown"] = out / "report.md"
-    written["markdown"].write_text(tune_markdown(result))
-    if plots:
-        try:
-            _figure_class()
-        except ImportError:
-            return written
-        written["plot"] = out / "tune.png"
-        plot_tune(result, path=written["plot"])
-    return written
+        return getattr(report_tune, name)
+    raise AttributeError(f"module 'autoclip.report' has no attribute {name!r}")

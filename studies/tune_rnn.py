@@ -14,6 +14,8 @@ What it measures (issue 4's acceptance), on ``relu_rnn``:
 Goal: the tuned configuration's mean held-out loss is within 2% of the grid's best (or
 better), at most a quarter of the grid's training steps spent. The script prints the table
 and writes it to ``studies/results/tune_rnn.md``; it says plainly when the goal is not met.
+This is the evidence of the short-horizon bias (trials run with ``fidelity=False``); the
+multi-fidelity search that answers it is measured by ``studies/tune_study.py``.
 
     python studies/tune_rnn.py [--seeds 3]
 """
@@ -80,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     short = full // args.short
     n_trials = (grid_steps // 4 - probe_steps) // short
     result = autoclip.tune(
-        tune_task, n_trials=n_trials, steps=short, probe_steps=probe_steps, baselines=False
+        tune_task,
+        n_trials=n_trials,
+        steps=short,
+        probe_steps=probe_steps,
+        baselines=False,
+        fidelity=False,  # every trial at the short length: the short-horizon proxy itself
     )
     proposal = result.proposal
 

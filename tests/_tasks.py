@@ -51,3 +51,20 @@ def slow_task() -> autoclip.Task:
 
 
 not_a_task = 42
+
+
+def diverging_task() -> autoclip.Task:
+    """The regression MLP whose loss turns NaN after the first 5 steps (the probe's, at
+    ``--probe-steps 5``): every trial diverges at its first step, whatever it clips."""
+    import dataclasses
+    import math
+
+    base = make_task(steps=20)
+    calls = [0]
+
+    def loss_fn(model, batch):
+        calls[0] += 1
+        loss = base.loss_fn(model, batch)
+        return loss * math.nan if calls[0] > 5 else loss
+
+    return dataclasses.replace(base, loss_fn=loss_fn)

@@ -137,3 +137,13 @@ def test_user_errors_are_one_line_with_an_exit_code(run, args, code, message):
     assert message in res.output
     assert "Traceback" not in res.output
     assert "secret" not in res.output
+
+
+def test_tune_exits_1_and_chooses_nothing_when_every_trial_diverges(run, tmp_path):
+    args = ["tune", "tests/_tasks.py:diverging_task", "--trials", "3", "--probe-steps", "5"]
+    res = run(*args, "--storage", ":memory:")
+    assert res.exit_code == 1, res.output
+    assert "chosen: nothing" in res.output
+    assert "WARNING: every one of the" in res.output
+    data = json.loads((tmp_path / "autoclip-out" / "result.json").read_text())
+    assert data["chosen"] is None and "diverged" in data["warning"]

@@ -31,8 +31,8 @@ import pytest
 from optuna.trial import TrialState
 
 import autoclip
-from autoclip.propose import Proposal
 from autoclip.search import _enqueue_params, load_result, open_storage, tune
+from autoclip.search._study import _proposal_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings(
@@ -45,7 +45,8 @@ SLOW = f"{HERE / '_tasks.py'}:slow_task"  # seconds a trial: time to kill a work
 SLOW_STEPS = 1000  # most of a second a trial on an idle core
 ATTR = "autoclip."
 HEARTBEAT = 1  # seconds; a trial silent for 3 heartbeats is stale
-COMMON = dict(probe_steps=10, seed=0, heartbeat_interval=HEARTBEAT)
+# Full-length trials: these tests are about faults, which they time by trials in training.
+COMMON = dict(probe_steps=10, seed=0, heartbeat_interval=HEARTBEAT, fidelity=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -170,10 +171,19 @@ def _wait_for(what: str, cond: Callable[[], object], timeout: float = 60.0, proc
 def _running_in(storage: str, name: str, pid: int):
     """The trial that process ``pid`` is training right now, once one has started."""
     for t in _trials(storage, name):
-        if t.state == TrialState.RUNNING and t.user_attrs.get(ATTR + "pid") == pid:
-            if ATTR + "config" in t.user_attrs:  # its clipper is built: training has begun
+        if t.state == TrialState.RUNNING and _pid(t) == pid:
+            if t.params:  # its clipper is sampled: training has begun
                 return t
     return None
+
+
+def _pid(t: optuna.trial.FrozenTrial) -> int | None:
+    return (t.user_attrs.get(ATTR + "worker") or {}).get("pid")
+
+
+def _rec(t: optuna.trial.FrozenTrial) -> dict:
+    """What the trial found, written once at its end."""
+    return t.user_attrs.get(ATTR + "trial") or {}
 
 
 def _n_complete(storage: str, name: str) -> int:
@@ -203,7 +213,7 @@ def _created(storage: str, name: str) -> bool:
 def _enqueued(storage: str, name: str) -> list[dict]:
     """The proposal candidates' parameters, as the coordinator enqueued them."""
     attrs = _study(storage, name).user_attrs
-    proposal = Proposal.from_json(attrs[ATTR + "proposal"])
+    proposal = _proposal_of(_store(storage), name)
     return _enqueue_params(proposal, attrs[ATTR + "settings"]["strategies"])
 
 
@@ -242,9 +252,9 @@ def test_workers_on_one_study_complete_exactly_n_trials_without_duplicates(stora
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == n
     # Anything else is a trial started beyond the budget by a race, stopped at once.
-    assert all(t.user_attrs.get(ATTR + "surplus") for t in trials if t.state != TrialState.COMPLETE)
+    assert all(_rec(t).get("surplus") for t in trials if t.state != TrialState.COMPLETE)
     assert sum(r.state == "COMPLETE" for r in result.trials) == n
-    assert len({t.user_attrs[ATTR + "pid"] for t in complete}) >= 2, "only one worker ran"
+    assert len({_pid(t) for t in complete}) >= 2, "only one worker ran"
 
     # The coordinator enqueued every candidate exactly once, before any sampled trial.
     enqueued = _enqueued(storage, name)
@@ -315,7 +325,7 @@ def test_a_killed_worker_s_trial_is_failed_retried_and_the_study_completes(
             optuna.storages.RetryFailedTrialCallback,
         )
         assert stale_cb.retried_trial_number(retry) == killed.number
-        assert retry.user_attrs[ATTR + "pid"] == os.getpid()  # not the dead worker's
+        assert _pid(retry) == os.getpid()  # not the dead worker's
     else:  # the same-host process-id check did
         assert retry.user_attrs[ATTR + "retry_of"] == killed.number
 
@@ -360,6 +370,7 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
         name,
         "--probe-steps",
         "10",
+        "--full-length",
         "-q",
         "--out",
         str(tmp_path / "out"),
@@ -384,6 +395,7 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
         "a trial in training", lambda: _running_in(storage, name, first.pid), 60, first, log
     )
     before = _study(storage, name).user_attrs
+    proposal_before = _proposal_of(_store(storage), name)
     done_before = {
         t.number: t.values for t in _trials(storage, name) if t.state == TrialState.COMPLETE
     }
@@ -392,13 +404,13 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
 
     trials = {t.number: t for t in _trials(storage, name)}
     assert trials[interrupted.number].state == TrialState.FAIL
-    assert "interrupted" in trials[interrupted.number].user_attrs[ATTR + "reason"]
+    assert "interrupted" in _rec(trials[interrupted.number])["reason"]
 
     log2 = tmp_path / "second.log"
     assert _finish(run(log2), log2, 180) == 0, log2.read_text()
 
     after = _study(storage, name).user_attrs
-    assert after[ATTR + "proposal"] == before[ATTR + "proposal"]  # not probed again
+    assert _proposal_of(_store(storage), name) == proposal_before  # not probed again
     assert after[ATTR + "coordinator"] == before[ATTR + "coordinator"]  # nor re-created
     trials = {t.number: t for t in _trials(storage, name)}
     complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
@@ -506,14 +518,13 @@ def test_a_local_worker_killed_mid_trial_is_reaped_and_tune_finishes(storage, tm
 
     def worker_trial():
         for t in _trials(storage, name):
-            pid = t.user_attrs.get(ATTR + "pid")
-            if t.state == TrialState.RUNNING and pid not in (None, coordinator.pid):
-                if ATTR + "config" in t.user_attrs:
+            if t.state == TrialState.RUNNING and _pid(t) not in (None, coordinator.pid):
+                if t.params:  # its clipper is sampled: training has begun
                     return t
         return None
 
     killed = _wait_for("the worker's trial in training", worker_trial, 120, coordinator, log)
-    worker_pid = killed.user_attrs[ATTR + "pid"]
+    worker_pid = _pid(killed)
     os.kill(worker_pid, signal.SIGKILL)
     assert _finish(coordinator, log, 180) == 0, log.read_text()
 

@@ -3,20 +3,14 @@ from dataclasses import replace
 
 import optuna
 import pytest
-from _tasks import make_exploding_task, make_task
+import torch
+from _tasks import make_task
 
 import autoclip
 from autoclip.probe import probe_task
 from autoclip.propose import propose
-from autoclip.search import (
-    TrialRecord,
-    TuneResult,
-    choose,
-    load_result,
-    pareto_front,
-    suggest_clipper,
-    tune,
-)
+from autoclip.search import TrialRecord, TuneResult, choose, load_result, suggest_clipper, tune
+from autoclip.search._fidelity import Plan, forecast, nondominated_ranks, promote
 from autoclip.stats import compute_stats
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -33,14 +27,26 @@ def _params_key(p):
 
 def test_tune_runs_the_budget_and_enqueues_the_proposal_first(result):
     assert len(result.trials) == 8
-    assert all(t.state == "COMPLETE" for t in result.trials)
-    first = [t.config["name"] for t in result.trials[: len(result.proposal.candidates)]]
-    assert first == [c.strategy for c in result.proposal.candidates][: len(first)]
+    # One rung at step 10 of 20: a third of the bracket (3 of 8) goes on to full length.
+    states = [t.state for t in result.trials]
+    assert states.count("COMPLETE") == 3 and states.count("PRUNED") == 5
+    assert all(t.steps_run == 10 for t in result.trials if t.state == "PRUNED")
+    rec = result.proposal.recommended
+    assert result.trials[0].config["name"] == rec.strategy
+    assert all(result.trials[0].config[k] == pytest.approx(v) for k, v in rec.params.items())
     assert set(result.baselines) == {"no clipping", "fixed norm 1.0"}
+    assert all(b.steps_run == 10 for b in result.baselines.values())  # one rung, no more
     assert result.chosen in result.pareto
+    assert result.chosen.state == "COMPLETE" and result.chosen.steps_run == 20
     assert "knee" in result.rule
-    # probe + 8 trials + 2 baselines, each 20 steps
-    assert result.train_steps == 10 + 8 * 20 + 2 * 20
+    # probe 10 + 8 trials x 10 + 3 survivors x 10 more + 2 baselines x 10
+    assert result.cost == {
+        "probe": 10,
+        "baselines": 20,
+        "rung 1 (steps 1-10)": 80,
+        "full length": 30,
+    }
+    assert result.train_steps == 140
 
 
 def test_result_clipper_is_ready_and_round_trips(result):
@@ -115,7 +121,8 @@ def test_a_failing_trial_does_not_stop_the_study():
 
 
 def test_single_mode_prunes_and_honours_the_constraint():
-    res = tune(make_task(steps=20), n_trials=8, mode="single", probe_steps=10, baselines=False)
+    res = tune(make_task(steps=30), n_trials=8, mode="single", probe_steps=10, baselines=False)
+    assert [t.state for t in res.trials].count("PRUNED") == 5
     assert res.mode == "single"
     assert "instability <=" in res.rule
     assert res.chosen.values[2] <= 0.05
@@ -123,10 +130,94 @@ def test_single_mode_prunes_and_honours_the_constraint():
     assert res.chosen.values[0] == min(t.values[0] for t in done if t.values[2] <= 0.05)
 
 
+def _quadratic_task(lr: float, steps: int = 60, nan_after: int | None = None) -> autoclip.Task:
+    """Gradient descent on 0.5 * |w - w*|^2 from |w0 - w*| = 10 (loss 50), Hessian I.
+
+    Unclipped, each SGD step multiplies the error by (1 - lr): at lr = 3 by -2, so the loss
+    grows 4x a step and passes 1000x the first loss by step 5, on any CPU. Clipped to a norm
+    c, a step moves the error by at most lr * c, so it stays within 2c of the optimum once
+    there and never grows: every max_norm below ~150 converges. ``nan_after`` makes the loss
+    NaN after that many calls (every trial then diverges).
+    """
+    target = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    start = target + 5.0  # |w0 - w*| = 10
+    calls = [0]
+
+    def loss_fn(model, batch):
+        calls[0] += 1
+        loss = 0.5 * ((model.weight.squeeze(0) - target) ** 2).sum()
+        return loss * math.nan if nan_after is not None and calls[0] > nan_after else loss
+
+    def model_fn():
+        m = torch.nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            m.weight.copy_(start.unsqueeze(0))
+        return m
+
+    return autoclip.Task(
+        model_fn=model_fn,
+        optimizer_fn=lambda p: torch.optim.SGD(p, lr=lr),
+        loss_fn=loss_fn,
+        batches=[None],
+        seed=0,
+        steps=steps,
+        name="quadratic",
+    )
+
+
 def test_tune_on_an_exploding_task_avoids_divergence():
-    res = tune(make_exploding_task(steps=60), n_trials=6, probe_steps=10)
+    res = tune(
+        _quadratic_task(lr=3.0), n_trials=6, probe_steps=4, strategies=["norm"], mode="single"
+    )
     assert res.baselines["no clipping"].diverged
-    assert not res.chosen.diverged
+    assert "exploded" in res.baselines["no clipping"].reason
+    fixed = res.baselines["fixed norm 1.0"]
+    assert not fixed.diverged and fixed.values[0] < 2.0  # within 2c of the optimum
+    assert res.warning is None
+    assert res.chosen is not None and not res.chosen.diverged
+    done = [t for t in res.trials if t.state == "COMPLETE" and not t.diverged]
+    feasible = [t for t in done if t.values[2] <= 0.05] or done
+    assert res.chosen.values[0] == min(t.values[0] for t in feasible)
+
+
+def test_when_every_trial_diverges_nothing_is_chosen():
+    res = tune(_quadratic_task(lr=0.1, nan_after=4), n_trials=4, probe_steps=4)
+    assert all(t.diverged for t in res.trials if t.state == "COMPLETE")
+    assert res.chosen is None and res.pareto == ()
+    assert "every one of the" in res.warning and "diverged" in res.warning
+    assert res.best_config == {}
+    with pytest.raises(autoclip.ConfigError, match="no configuration was chosen"):
+        res.clipper()
+    again = TuneResult.from_dict(__import__("json").loads(res.to_json()))
+    assert again.chosen is None and again.warning == res.warning
+
+
+def test_rung_plan_costs_and_keeps_a_third():
+    plan = Plan.make(900)
+    assert plan.rungs == (100, 300)
+    assert plan.keep(9) == [3, 1]
+    # 9 x 100 + 3 x 200 + 1 x 600 steps: 2.33 full runs where 9 full-length trials cost 9
+    assert plan.cost(9) == 2100
+    assert Plan.make(20).rungs == (10,) and Plan.make(10).rungs == ()
+
+
+def test_forecast_credits_a_curve_still_falling():
+    steps = [(t, 0.0) for t in range(9, 100, 10)]
+    flat = [(t, 1.0) for t, _ in steps]
+    falling = [(t, 3.0 * (t + 1) ** -0.2) for t, _ in steps]  # higher now, power law down
+    assert forecast(flat, 900) == pytest.approx(1.0)
+    assert forecast(falling, 900) < forecast(flat, 900) < falling[-1][1]
+    assert forecast([(9, math.nan)], 900) == math.inf
+
+
+def test_rungs_promote_by_nondominated_sorting_in_pareto_mode():
+    pts = {0: (1.0, 0.9, 0.0), 1: (2.0, 0.1, 0.0), 2: (1.4, 0.4, 0.0), 3: (2.0, 0.95, 0.1)}
+    ranks = nondominated_ranks(__import__("numpy").asarray(list(pts.values())))
+    assert list(ranks) == [0, 0, 0, 1]
+    kept, _ = promote(pts, 3, pareto=True)
+    assert sorted(kept) == [0, 1, 2]
+    assert promote(pts, 1, pareto=False)[0] == [0]
+    assert promote({0: (math.inf, 1.0, 1.0)}, 1, pareto=True)[0] == []  # diverged: never
 
 
 def test_suggest_clipper_inside_a_user_study():
@@ -163,18 +254,67 @@ def test_bad_arguments_are_refused_with_the_rule():
         tune(make_task(), n_trials=1, storage="/no/such/dir/x.journal")
 
 
-def test_pareto_front_and_choice_rules():
+def test_choice_rules_on_a_front():
     def rec(n, v):
         return TrialRecord(number=n, state="COMPLETE", config=None, values=v)
 
-    a, b, c, d = (
-        rec(0, (1.0, 0.9, 0.0)),
-        rec(1, (2.0, 0.1, 0.0)),
-        rec(2, (1.4, 0.4, 0.0)),
-        rec(3, (2.0, 0.95, 0.1)),
-    )
-    front = pareto_front([a, b, c, d])
-    assert front == [a, b, c]
+    a, b, c = rec(0, (1.0, 0.9, 0.0)), rec(1, (2.0, 0.1, 0.0)), rec(2, (1.4, 0.4, 0.0))
+    front = [a, b, c]
     assert choose(front, None)[0] is c  # the knee
     assert choose(front, (1.0, 0.0, 0.0))[0] is a
     assert choose(front, (0.0, 1.0, 0.0))[0] is b
+
+
+def test_the_study_names_its_metrics_and_keeps_its_attributes_small(tmp_path):
+    path = str(tmp_path / "s.journal")
+    tune(make_task(steps=20), n_trials=3, storage=path, probe_steps=10, baselines=False)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    study = optuna.load_study(study_name="autoclip-tiny", storage=storage)
+    assert study.metric_names == ["final_loss", "speed", "instability"]
+    assert len(__import__("json").dumps(study.user_attrs)) < 1000  # no proposal JSON there
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(t.user_attrs["autoclip.trial"]["rungs"] for t in pruned)
+
+
+def test_a_survivor_that_diverges_is_replaced_by_the_next_of_its_rung():
+    """Four members, rungs at 10 and 20 of 30 steps: 2 go on past the first rung, 1 past the
+    second. The best (0) diverges after the last rung: 1, the runner-up there, continues in
+    its place; 2 and 3 stay paused until the bracket is settled and are then pruned."""
+    import threading
+
+    from autoclip.search._bracket import Bracket
+
+    bracket = Bracket(4, Plan(steps=30, rungs=(10, 20)), pareto=False)
+    outcome = {}
+
+    def member(k: int) -> None:
+        bracket.join(k)
+        for rung, step in enumerate((9, 19)):
+            if not bracket.at_rung(k, rung, [(step, 1.0 + k)]):
+                outcome[k] = f"pruned at rung {rung + 1}"
+                bracket.leave(k)
+                return
+        outcome[k] = "diverged" if k == 0 else "complete"
+        bracket.leave(k, failed=k == 0)
+
+    threads = [threading.Thread(target=member, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert outcome == {
+        0: "diverged",
+        1: "complete",
+        2: "pruned at rung 1",
+        3: "pruned at rung 1",
+    }
+
+
+def test_two_workers_split_the_budget_into_brackets_of_their_share(tmp_path):
+    """6 trials, 2 workers: brackets of 3 (each keeps 1 to full length), whichever process
+    runs them (with trials this short the coordinator may run both before its worker starts)."""
+    target = f"{__import__('pathlib').Path(__file__).parent / '_tasks.py'}:make_task"
+    path = str(tmp_path / "w.journal")
+    res = tune(target, n_trials=6, steps=30, storage=path, probe_steps=10, workers=2)
+    states = [t.state for t in res.trials]
+    assert len(states) == 6 and states.count("COMPLETE") == 2 and states.count("PRUNED") == 4

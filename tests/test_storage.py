@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings(
 HERE = Path(__file__).resolve().parent
 TASKS = HERE / "_tasks.py"
 FAST = f"{TASKS}:make_task"
-COMMON = dict(probe_steps=10, seed=0, heartbeat_interval=1)
+COMMON = dict(probe_steps=10, seed=0, heartbeat_interval=1, fidelity=False)
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -171,7 +171,7 @@ def test_a_full_disk_stops_tune_with_one_line_and_a_rerun_resumes(tiny_disk, tmp
     filler = tiny_disk / "filler"
     free = shutil.disk_usage(tiny_disk).free
     filler.write_bytes(b"\0" * (free - 24 * 1024))
-    args = ["tune", FAST, "--trials", "40", "--steps", "5", "--probe-steps", "10"]
+    args = ["tune", FAST, "--trials", "40", "--steps", "5", "--probe-steps", "10", "--full-length"]
     args += ["--storage", path, "--study", name, "--out", str(tmp_path / "out"), "-q"]
     first = _cli(*args)
     assert first.returncode == 1, first.stdout + first.stderr
@@ -228,6 +228,7 @@ def test_an_edited_task_file_is_refused_naming_what_changed_and_the_ways_out(tmp
     task = tmp_path / "task.py"
     shutil.copy(TASKS, task)
     args = ["tune", f"{task}:make_task", "--trials", "2", "--steps", "5", "--probe-steps", "10"]
+    args += ["--full-length"]
     args += ["--storage", str(tmp_path / "s.journal"), "--out", str(tmp_path / "out"), "-q"]
     assert _cli(*args).returncode == 0
     _edited_task(tmp_path, "lr: float = 0.05", "lr: float = 0.01")  # the user edits lr
@@ -386,4 +387,7 @@ def test_a_study_whose_every_trial_diverged_says_so_and_chooses_nothing(tmp_path
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "diverged" in (proc.stdout + proc.stderr)
-    assert "chosen:" not in proc.stdout
+    assert "chosen: nothing" in proc.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["chosen"] is None and "diverged" in result["warning"]
+    assert all(t["diverged"] for t in result["trials"] if t["state"] == "COMPLETE")

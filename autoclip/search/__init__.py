@@ -6,19 +6,28 @@ rate), enqueues the proposal's candidates first, and runs an Optuna study whose 
 train the task from scratch with one clipper. ``suggest_clipper(trial, proposal)`` is the same
 sampling step, for users who run their own study.
 
+Multi-fidelity by default (``fidelity=True``): the trials form successive-halving brackets
+over trial lengths (1/9, 1/3, full), ranked at each rung on a forecast of the full-length
+loss, so that only survivors train for the full length and only they can be chosen; see
+``_fidelity`` and ``_bracket``. ``TuneResult.cost`` says what every part spent.
+
 Modes:
 
 * ``"pareto"``: minimise (final loss, convergence speed, instability) jointly with
-  multi-objective TPE. Optuna does not prune multi-objective studies, so a diverging trial
-  ends early by itself (``training.train`` stops at divergence) and scores as a diverged run.
-* ``"single"``: minimise the final loss with a median pruner, subject to
-  ``instability <= max_instability`` (TPE's constraints).
+  multi-objective TPE; rungs rank by non-dominated sorting (Optuna does not prune
+  multi-objective studies); the choice is the knee of ``study.best_trials``, where a
+  diverged trial is infeasible (``trial.set_constraint``).
+* ``"single"``: minimise the final loss subject to ``instability <= max_instability``
+  (a constraint, as is divergence); rungs rank on the forecast loss.
+
+When every full-length trial diverged, nothing is chosen and ``TuneResult.warning`` says so.
 
 Storage and workers: ``storage=None`` keeps the study in memory; a file path uses Optuna's
 journal file (safe for several processes on one machine); a URL (``postgresql://``,
 ``sqlite://``...) uses Optuna's RDB storage with heartbeats, so the trial of a worker that died
 is marked failed and retried with the same parameters. The first process to create a study is
-its coordinator: it probes, stores the proposal in the study and enqueues the candidates once;
+its coordinator: it probes, stores the proposal in the study (a system attribute, out of the
+``optuna studies`` table) and enqueues the recommendation, then the other candidates, once;
 every other process (``workers=N`` locally, or the same command on other machines) loads them
 from the study. Trials count towards ``n_trials`` across all workers and restarts; a trial
 started beyond the budget by a race is stopped at once and marked ``surplus``.
@@ -30,7 +39,6 @@ from autoclip.search._result import (
     choose,
     describe_config,
     load_result,
-    pareto_front,
 )
 from autoclip.search._space import _enqueue_params, suggest_clipper  # noqa: F401 (tests)
 from autoclip.search._storage import open_storage
@@ -43,7 +51,6 @@ __all__ = [
     "describe_config",
     "load_result",
     "open_storage",
-    "pareto_front",
     "suggest_clipper",
     "tune",
 ]

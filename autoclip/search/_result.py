@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,10 +12,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autoclip.clippers import BaseClipper, create_clipper
-from autoclip.errors import StorageError
+from autoclip.errors import ConfigError, StorageError
 from autoclip.objectives import NAMES
 from autoclip.propose import Proposal
 from autoclip.search._budget import _counted, _retry_of
+from autoclip.search._fidelity import Plan
 from autoclip.search._redact import redact_url
 from autoclip.search._space import describe_config
 from autoclip.search._storage import ATTR, open_storage
@@ -37,6 +37,7 @@ class TrialRecord:
     clipped_fraction: float | None = None
     steps_run: int = 0
     retry_of: int | None = None
+    rungs: tuple[tuple[int, float, float], ...] = ()  # (step, loss, forecast) at each rung
 
     @property
     def label(self) -> str:
@@ -50,6 +51,7 @@ class TrialRecord:
         d = dict(d)
         if d.get("values") is not None:
             d["values"] = tuple(d["values"])
+        d["rungs"] = tuple(tuple(r) for r in d.get("rungs") or ())
         return cls(**d)
 
 
@@ -58,17 +60,22 @@ class TuneResult:
     """What a search found.
 
     Attributes:
-        chosen: the configuration autoclip recommends, chosen from ``pareto`` by ``rule``.
+        chosen: the configuration autoclip recommends, chosen from ``pareto`` by ``rule``
+            among full-length trials that did not diverge; None when every trial diverged
+            (then ``warning`` says so).
         rule: how it was chosen, in words.
-        pareto: non-dominated trials over (final loss, speed, instability).
-        baselines: reference runs (no clipping, fixed norm 1.0), same steps and seed.
-        trials: every trial of the study, failed and surplus ones included.
+        pareto: Optuna's best trials (non-dominated, feasible) over (final loss, speed,
+            instability); in single mode the feasible trial of lowest final loss.
+        baselines: reference runs (no clipping, fixed norm 1.0), same seed, one rung long.
+        trials: every trial of the study: pruned, failed and surplus ones included.
         train_steps: optimizer steps spent (probe + trials + baselines).
+        cost: those steps by item: the probe, the baselines, each rung, full length.
+        warning: why there is no choice, or what to distrust about it.
     """
 
     study_name: str
     mode: str
-    chosen: TrialRecord
+    chosen: TrialRecord | None
     rule: str
     pareto: tuple[TrialRecord, ...]
     baselines: dict[str, TrialRecord]
@@ -78,13 +85,18 @@ class TuneResult:
     n_trials: int
     storage: str | None = None
     objective_names: tuple[str, ...] = field(default=NAMES)
+    cost: dict[str, int] = field(default_factory=dict)
+    warning: str | None = None
 
     @property
     def best_config(self) -> dict[str, Any]:
-        return dict(self.chosen.config or {})
+        """The chosen configuration ({} when nothing was chosen)."""
+        return dict(self.chosen.config or {}) if self.chosen is not None else {}
 
     def clipper(self) -> BaseClipper:
         """The chosen clipper, warm-started from the probe's norms, ready to ``attach``."""
+        if self.chosen is None:
+            raise ConfigError(f"no configuration was chosen: {self.warning}")
         return create_clipper(**self.best_config).warm_start(self.proposal.warm_norms)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +110,7 @@ class TuneResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TuneResult:
         d = dict(d)
-        d["chosen"] = TrialRecord.from_dict(d["chosen"])
+        d["chosen"] = None if d.get("chosen") is None else TrialRecord.from_dict(d["chosen"])
         d["pareto"] = tuple(TrialRecord.from_dict(t) for t in d["pareto"])
         d["trials"] = tuple(TrialRecord.from_dict(t) for t in d["trials"])
         d["baselines"] = {k: TrialRecord.from_dict(v) for k, v in d["baselines"].items()}
@@ -109,38 +121,24 @@ class TuneResult:
 
 def _record(t: FrozenTrial) -> TrialRecord:
     ua = t.user_attrs
-    values = ua.get(ATTR + "objectives")
-    reason = ua.get(ATTR + "reason") or t.system_attrs.get("fail_reason")
-    if ua.get(ATTR + "surplus"):
+    rec = ua.get(ATTR + "trial") or {}
+    values = rec.get("objectives")
+    reason = rec.get("reason") or t.system_attrs.get("fail_reason")
+    if rec.get("surplus"):
         reason = "surplus: started beyond the trial budget"
     return TrialRecord(
         number=t.number,
         state=t.state.name,
-        config=ua.get(ATTR + "config"),
+        config=rec.get("config"),
         lr_scale=float(t.params.get("lr_scale", 1.0)),
         values=None if values is None else tuple(values),
-        diverged=bool(ua.get(ATTR + "diverged", False)),
+        diverged=bool(rec.get("diverged", False)),
         reason=reason,
-        clipped_fraction=ua.get(ATTR + "clipped_fraction"),
-        steps_run=int(ua.get(ATTR + "steps_run", 0)),
+        clipped_fraction=rec.get("clipped_fraction"),
+        steps_run=int(rec.get("steps_run", 0)),
         retry_of=_retry_of(t),
+        rungs=tuple(tuple(r) for r in rec.get("rungs") or ()),
     )
-
-
-def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The records no other record dominates (all objectives <=, one <)."""
-    pts = [r for r in records if r.values is not None and all(map(math.isfinite, r.values))]
-    front = []
-    for r in pts:
-        a = np.asarray(r.values)
-        dominated = any(
-            np.all(np.asarray(o.values) <= a) and np.any(np.asarray(o.values) < a)
-            for o in pts
-            if o is not r
-        )
-        if not dominated:
-            front.append(r)
-    return front
 
 
 def choose(
@@ -166,46 +164,74 @@ def choose(
     return front[i], rule
 
 
+def _cost(plan: Plan, probe: int, trials, baselines) -> dict[str, int]:
+    """Optimizer steps by item; each trial's steps split over the rungs it trained through."""
+    cost = {"probe": probe, "baselines": sum(b.steps_run for b in baselines)}
+    bounds = [0, *plan.rungs, plan.steps]
+    for k, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        name = f"rung {k + 1} (steps {lo + 1}-{hi})" if hi < plan.steps else "full length"
+        if len(bounds) == 2:
+            name = "trials"
+        cost[name] = sum(min(max(r.steps_run - lo, 0), hi - lo) for r in trials)
+    beyond = sum(max(r.steps_run - plan.steps, 0) for r in trials)
+    if beyond:
+        cost["trials beyond the planned length"] = beyond
+    return cost
+
+
 def _result(study, storage, n_trials, weights, proposal, settings, base) -> TuneResult:
     trials = [_record(t) for t in study.get_trials(deepcopy=False)]
-    done = [r for r in trials if r.state == "COMPLETE" and r.values is not None]
-    if not done:
+    full = [r for r in trials if r.state == "COMPLETE" and r.values is not None]
+    if not full:
         reasons = sorted({r.reason for r in trials if r.reason})
         raise StorageError(
             f"no trial of study {study.study_name!r} completed"
             + (f"; reasons: {reasons[:3]}" if reasons else "")
         )
-    front = pareto_front([r for r in done if not r.diverged]) or pareto_front(done)
-    if settings.mode == "single":
-        ok = [r for r in done if not r.diverged and r.values[2] <= settings.max_instability]
-        pool = ok or done
+    by_number = {r.number: r for r in trials}
+    # Optuna's best trials: non-dominated among the feasible (diverged runs are infeasible).
+    best = [by_number[t.number] for t in study.best_trials]
+    best = [r for r in best if not r.diverged]
+    chosen, warning = None, None
+    if not any(not r.diverged for r in full):
+        best = []
+        rule = "none: every full-length trial diverged"
+        warning = (
+            f"every one of the {len(full)} full-length trials diverged; no configuration is "
+            "chosen. Try tighter clipping (a smaller max_norm), a smaller learning rate, or "
+            "more trials"
+        )
+    elif settings.mode == "single":
+        # best_trials holds the feasible trial of lowest loss (constraints: not diverged,
+        # instability <= max_instability), if any trial was feasible.
+        pool = best or [r for r in full if not r.diverged]
         chosen = min(pool, key=lambda r: r.values[0])
+        best = [chosen]
         rule = (
             f"lowest final loss among trials with instability <= {settings.max_instability}"
-            if ok
+            if pool is not None and chosen.values[2] <= settings.max_instability
             else "lowest final loss (no trial met the instability constraint)"
         )
     else:
-        chosen, rule = choose(front, weights)
+        chosen, rule = choose(best, weights)
     baselines = {k: TrialRecord.from_dict(v) for k, v in base.items()}
     probe_steps = int(study.user_attrs.get(ATTR + "probe_steps", 0))
-    spent = (
-        probe_steps
-        + sum(r.steps_run for r in trials)
-        + sum(b.steps_run for b in baselines.values())
-    )
+    plan = Plan.make(settings.steps) if settings.fidelity else Plan(settings.steps, ())
+    cost = _cost(plan, probe_steps, trials, baselines.values())
     return TuneResult(
         study_name=study.study_name,
         mode=settings.mode,
         chosen=chosen,
         rule=rule,
-        pareto=tuple(sorted(front, key=lambda r: r.values)),
+        pareto=tuple(sorted(best, key=lambda r: r.values)),
         baselines=baselines,
         trials=tuple(trials),
         proposal=proposal,
-        train_steps=spent,
+        train_steps=sum(cost.values()),
         n_trials=n_trials,
         storage=redact_url(storage) if isinstance(storage, str) else None,
+        cost=cost,
+        warning=warning,
     )
 
 

@@ -60,15 +60,18 @@ def suggest_clipper(
 
 
 def _enqueue_params(proposal: Proposal, strategies: Sequence[str], prefix: str = PREFIX):
-    """Trial parameters for each proposal candidate that the space can express."""
+    """Trial parameters for the recommended configuration, then each other candidate, that
+    the space can express."""
     out = []
-    for c in proposal.candidates:
+    for c in [proposal.recommended, *proposal.candidates]:
         if c.strategy not in strategies or c.strategy not in _SEARCHED:
             continue
         param = _SEARCHED[c.strategy][0]
         low, high = _range(proposal, c.strategy)
         value = float(np.clip(c.params[param], low, high))
-        out.append({f"{prefix}.strategy": c.strategy, f"{prefix}.{c.strategy}.{param}": value})
+        params = {f"{prefix}.strategy": c.strategy, f"{prefix}.{c.strategy}.{param}": value}
+        if params not in out:
+            out.append(params)
     return out
 
 

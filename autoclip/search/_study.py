@@ -6,12 +6,11 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Sequence
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from autoclip.errors import StorageError
 from autoclip.objectives import NAMES
@@ -39,6 +38,7 @@ class _Settings:
     lr_range: float
     max_instability: float
     task: str
+    fidelity: bool = True
 
     def key(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -48,26 +48,23 @@ def _directions(mode: str) -> list[str]:
     return ["minimize"] * (len(NAMES) if mode == "pareto" else 1)
 
 
-def _make_sampler(mode: str, seed: int | None, n_startup: int, worker: int):
-    # Each worker gets its own seed, or two workers would propose the same points.
+def _make_sampler(seed: int | None, n_startup: int, worker: int):
+    # Each worker gets its own seed, or two workers would propose the same points. Trials
+    # report their constraints (diverged; single mode: instability) with set_constraint.
     s = None if seed is None else seed + worker
-    kw: dict[str, Any] = {"seed": s, "n_startup_trials": n_startup}
-    if mode == "single" and not _HAS_SET_CONSTRAINT:  # optuna < 5: the old hook
-        kw["constraints_func"] = _constraints
-    return optuna.samplers.TPESampler(**kw)
+    return optuna.samplers.TPESampler(seed=s, n_startup_trials=n_startup)
 
 
-_HAS_SET_CONSTRAINT = hasattr(optuna.Trial, "set_constraint")
+def _id_of(storage, study_name: str) -> int:
+    # BaseStorage's public lookup; Optuna's Study and StudySummary keep the id private.
+    return storage.get_study_id_from_name(study_name)
 
 
-def _constraints(trial: FrozenTrial) -> Sequence[float]:
-    return trial.user_attrs.get(ATTR + "constraint", [0.0])
-
-
-def _make_pruner(mode: str, steps: int):
-    if mode == "pareto":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, steps // 5))
+def _proposal_of(storage, study_name: str) -> Proposal:
+    """The proposal, kept in the study's system attributes: a study-level user attribute
+    would make every row of the ``optuna studies`` table tens of kilobytes wide."""
+    attrs = storage.get_study_system_attrs(_id_of(storage, study_name))
+    return Proposal.from_json(attrs[ATTR + "proposal"])
 
 
 def _load_study(
@@ -94,14 +91,14 @@ def _load_study(
     settings = _Settings(
         **{**attrs[ATTR + "settings"], "strategies": tuple(attrs[ATTR + "settings"]["strategies"])}
     )
-    proposal = Proposal.from_json(attrs[ATTR + "proposal"])
+    proposal = _proposal_of(storage, study_name)
     n_startup = len(_enqueue_params(proposal, settings.strategies)) + 2
     seed = _process_seed(seed, attrs.get(ATTR + "coordinator"))
     study = optuna.load_study(
         study_name=study_name,
         storage=storage,
-        sampler=_make_sampler(settings.mode, seed, n_startup, worker),
-        pruner=_make_pruner(settings.mode, settings.steps),
+        sampler=_make_sampler(seed, n_startup, worker),
+        pruner=optuna.pruners.NopPruner(),  # brackets prune (see _fidelity), in both modes
     )
     return study, proposal, settings
 
@@ -113,18 +110,18 @@ def _summary(storage, study_name: str) -> optuna.study.StudySummary | None:
     return None
 
 
-def _abandoned(summary: optuna.study.StudySummary) -> bool:
+def _abandoned(user_attrs: dict[str, Any], study_name: str) -> bool:
     """Whether the study's coordinator died on this host before it finished setting it up
     (an interrupted probe), or is this very process, no longer setting it up (a failed
     probe in a notebook, retried): then a rerun may set it up afresh, as no trial ran yet."""
-    if summary.user_attrs.get(ATTR + "ready"):
+    if user_attrs.get(ATTR + "ready"):
         return False
-    who = summary.user_attrs.get(ATTR + "coordinator") or {}
+    who = user_attrs.get(ATTR + "coordinator") or {}
     pid = who.get("pid")
     if who.get("host") != socket.gethostname() or pid is None:
         return False
     if pid == os.getpid():
-        return summary.study_name not in _SETTING_UP
+        return study_name not in _SETTING_UP
     return not pid_alive(pid)
 
 
@@ -154,7 +151,7 @@ def _check_compatible(
     start = time.monotonic()
     while True:
         summary = _summary(storage, study_name)
-        if summary is None or _abandoned(summary):
+        if summary is None or _abandoned(summary.user_attrs, study_name):
             return  # _create_if_absent sets it up
         stored = summary.user_attrs.get(ATTR + "settings")
         if stored is not None:
@@ -212,11 +209,13 @@ def _create_if_absent(
             )
             break
         except optuna.exceptions.DuplicatedStudyError:
-            summary = _summary(store, study_name)
-            if summary is not None and not _abandoned(summary):
-                return  # another process is (or was) the coordinator
-            if summary is not None:
-                _delete(store, study_name)
+            try:  # by id: a study another rerun has just recreated stays
+                study_id = _id_of(store, study_name)
+                if not _abandoned(store.get_study_user_attrs(study_id), study_name):
+                    return  # another process is (or was) the coordinator
+                store.delete_study(study_id)
+            except KeyError:
+                pass  # another rerun deleted it first
     else:
         return
     _SETTING_UP.add(study_name)
@@ -230,8 +229,13 @@ def _create_if_absent(
         strategies = settings.strategies or proposal.space.strategies
         stored = {**settings.key(), "strategies": list(strategies)}
         study.set_user_attr(ATTR + "settings", stored)
-        study.set_user_attr(ATTR + "proposal", proposal.to_json())
-        study.set_user_attr(ATTR + "probe_steps", len(trace.norms))
+        study_id = _id_of(store, study_name)
+        store.set_study_system_attr(study_id, ATTR + "proposal", proposal.to_json())
+        spent = getattr(proposal, "steps_spent", 0) or len(trace.norms)  # with a measurement
+        study.set_user_attr(ATTR + "probe_steps", int(spent))
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(NAMES) if settings.mode == "pareto" else [NAMES[0]])
         # No more than the budget: a candidate left waiting would hold a slot that a retried
         # trial needs.
         for params in _enqueue_params(proposal, strategies)[:n_trials]:
@@ -249,6 +253,6 @@ def _create_if_absent(
 def _delete(store, study_name: str) -> None:
     """Delete a study that is not ready (no trial ran), if it is still there."""
     try:
-        store.delete_study(store.get_study_id_from_name(study_name))
+        store.delete_study(_id_of(store, study_name))
     except Exception:  # another rerun deleted it first, or the storage cannot be written
         pass

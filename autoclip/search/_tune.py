@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from autoclip.errors import ConfigError
 from autoclip.objectives import NAMES, evaluate
+from autoclip.search._fidelity import Plan
 from autoclip.search._fingerprint import fingerprint
 from autoclip.search._result import TrialRecord, TuneResult, _result
 from autoclip.search._space import _SEARCHED
@@ -76,7 +77,8 @@ def _check_arguments(
         raise ConfigError(f"`mode` must be one of {MODES}, but got {mode!r}")
     whole("n_trials", n_trials, 1)
     whole("workers", workers, 1)
-    whole("probe_steps", probe_steps, 2)
+    if probe_steps is not None:
+        whole("probe_steps", probe_steps, 2)
     whole("heartbeat_interval", heartbeat_interval, 1)
     if seed is not None:
         whole("seed", seed, 0)
@@ -108,7 +110,7 @@ def _check_arguments(
 
 def tune(
     task: Task | str,
-    n_trials: int = 20,
+    n_trials: int = 9,
     steps: int | None = None,
     *,
     mode: str = "pareto",
@@ -117,12 +119,13 @@ def tune(
     study_name: str | None = None,
     seed: int | None = 0,
     workers: int = 1,
-    probe_steps: int = 100,
+    probe_steps: int | None = None,
     strategies: Sequence[str] | None = None,
     tune_lr: bool = False,
     lr_range: float = 3.0,
     max_instability: float = 0.05,
     baselines: bool = True,
+    fidelity: bool = True,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     progress: Callable[[int, int], None] | None = None,
     resume_anyway: bool = False,
@@ -132,7 +135,8 @@ def tune(
     Args:
         task: a Task, or a target string for :func:`autoclip.task.load_task` (needed when
             ``workers > 1``, so that each worker process can load it).
-        n_trials: trials in the study in total, across workers and restarts.
+        n_trials: trials (configurations) in the study in total, across workers and
+            restarts; with ``fidelity`` most of them are pruned at a rung.
         steps: training steps per trial (default ``task.steps``).
         mode: ``"pareto"`` or ``"single"``.
         weights: weights of (final loss, speed, instability) for choosing from the Pareto
@@ -142,11 +146,15 @@ def tune(
         study_name: default ``autoclip-<task name>``; rerunning with it resumes the study.
         seed: seeds the sampler (worker i uses seed + i); trials train with the task's seed.
         workers: local worker processes (> 1 needs a storage that processes share).
-        probe_steps: warm-up steps of the probe that builds the proposal.
+        probe_steps: warm-up steps of the probe that builds the proposal (default: a tenth
+            of ``steps``, within [20, 100]).
         strategies: restrict the strategies searched (default: the proposal's).
         tune_lr: also search a learning-rate multiplier in ``[1/lr_range, lr_range]``.
         max_instability: the constraint of ``"single"`` mode.
-        baselines: also train no clipping and fixed norm 1.0 for comparison.
+        baselines: also train no clipping and fixed norm 1.0 for comparison, each for the
+            length of the first rung (the whole length without ``fidelity``).
+        fidelity: successive halving over trial lengths (see ``autoclip.search._fidelity``);
+            False trains every trial for the full length.
         resume_anyway: resume a stored study even though the task's fingerprint (model,
             optimizer, data, code, seed) changed since it was created; by default that is
             refused, naming what changed.
@@ -173,6 +181,8 @@ def tune(
     steps = task.steps if steps is None else steps
     if not (isinstance(steps, int) and steps >= 1):
         raise ConfigError(f"`steps` must be an int >= 1, but got {steps!r}")
+    if probe_steps is None:
+        probe_steps = min(100, max(20, steps // 10))
     study_name = study_name or f"autoclip-{task.name}"
     fp = fingerprint(task) if storage is not None else None  # before anything is stored
     store = open_storage(storage, heartbeat_interval=heartbeat_interval)
@@ -186,6 +196,7 @@ def tune(
         lr_range=lr_range,
         max_instability=max_instability,
         task=task.name,
+        fidelity=bool(fidelity),
     )
     _check_compatible(store, study_name, settings, fp, resume_anyway)
     _create_if_absent(store, study_name, task, settings, probe_steps, n_trials, fp)
@@ -196,10 +207,11 @@ def tune(
 
         torch.set_num_threads(1)
     ctx = multiprocessing.get_context("spawn")
+    share = -(-n_trials // workers)  # each local worker's bracket: its part of the budget
     procs = [
         ctx.Process(
             target=_worker_process,
-            args=(target, storage, study_name, n_trials, i, seed, heartbeat_interval),
+            args=(target, storage, study_name, n_trials, i, seed, heartbeat_interval, share),
             daemon=True,
         )
         for i in range(1, workers)
@@ -208,15 +220,19 @@ def tune(
         p.start()
     # The coordinator watches its workers by their handles: a dead one is reaped, its trial
     # failed and retried (a zombie would pass a check by process id and be waited for).
-    watch = LocalWorkers(procs, lambda pid, code: _fail_dead(study, dead={pid}))
+    watch = LocalWorkers(
+        procs, lambda pid, code: _fail_dead(study, study.get_trials(deepcopy=False), dead={pid})
+    )
     try:
         _run_worker(
             study,
+            store,
             task,
             proposal,
             settings,
             n_trials,
             progress,
+            share=share,
             watcher=os.getpid(),
             between_trials=watch.check,
         )
@@ -231,6 +247,8 @@ def tune(
     attrs = study.user_attrs
     base = attrs.get(ATTR + "baselines", {})
     if baselines and len(base) < 2:
-        base = {k: asdict(v) for k, v in _baselines(task, steps, base).items()}
+        plan = Plan.make(steps) if settings.fidelity else Plan(steps, ())
+        length = plan.rungs[0] if plan.rungs else steps  # no more than one rung
+        base = {k: asdict(v) for k, v in _baselines(task, length, base).items()}
         study.set_user_attr(ATTR + "baselines", base)
     return _result(study, storage, n_trials, weights, proposal, settings, base)
