@@ -558,3 +558,56 @@ def test_retrying_tune_in_the_same_process_after_a_failed_probe_does_not_wait(tm
     result = tune(good, n_trials=2, storage=path, baselines=False, **COMMON)
     assert time.monotonic() - start < 120
     assert sum(r.state == "COMPLETE" for r in result.trials) == 2
+
+
+# -- secrets in URLs ---------------------------------------------------------------------------
+@pytest.mark.postgres
+def test_a_password_in_any_form_of_url_is_never_printed_or_stored(pg_server, tmp_path):
+    """``user:password@`` with an unencoded ``@`` in the password, ``?password=``, and a wrong
+    ``?password=``: the right ones connect, and no output, result file or study attribute
+    carries any part of the password; the wrong one is one line without it."""
+    secret = "se@cr3t"
+    pg_server.execute(f"CREATE ROLE bob LOGIN PASSWORD '{secret}'")
+    pg_server.execute("CREATE DATABASE bobs OWNER bob")
+    where = f"{pg_server.host}:{pg_server.port}/bobs"
+    forms = {
+        "userinfo": f"postgresql://bob:{secret}@{where}",  # the "@" left unencoded
+        "query": f"postgresql://bob@{where}?password=se%40cr3t",
+    }
+
+    def leaks(text: str) -> list[str]:
+        return [p for p in ("se@cr3t", "se%40cr3t", "cr3t") if p in text]
+
+    for i, (form, url) in enumerate(forms.items()):
+        out = tmp_path / form
+        args = ["tune", FAST, "--trials", "1", "--steps", "5", "--probe-steps", "10"]
+        args += ["--full-length", "--storage", url, "--study", f"s{i}", "--out", str(out)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "autoclip", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=_ENV,
+        )
+        assert proc.returncode == 0, (form, proc.stderr)
+        assert not leaks(proc.stdout + proc.stderr), form
+        assert json.loads(proc.stdout)["storage"].startswith("postgresql://bob")
+        assert not leaks((out / "result.json").read_text()), form
+        study = _study(url, f"s{i}")
+        store = _store(url)
+        system = store.get_study_system_attrs(store.get_study_id_from_name(f"s{i}"))
+        stored = json.dumps([study.user_attrs, system], default=str)
+        stored += json.dumps([[t.user_attrs, t.system_attrs] for t in study.trials], default=str)
+        assert not leaks(stored), form
+
+    wrong = f"postgresql://bob@{where}?password=wr0ng-0ne"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoclip", "report", "--storage", wrong, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_ENV,
+    )
+    assert proc.returncode == 1
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error")]
+    assert "password authentication failed" in line and "wr0ng" not in proc.stderr
