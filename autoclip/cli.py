@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import click
@@ -140,10 +141,16 @@ def main(debug: bool) -> None:
       autoclip tune digits_mlp          # Optuna search; rerun to resume
     """
     _Ctx.debug = debug
+    if not debug:  # a warning is one line too (a torn journal record, a dead worker)
+        warnings.formatwarning = _one_line_warning
     import optuna
 
     # Trial-by-trial INFO lines drown the progress bar and the table; --debug keeps them.
     optuna.logging.set_verbosity(optuna.logging.INFO if debug else optuna.logging.WARNING)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"Warning: {message}\n"
 
 
 def _exit_if_nothing_chosen(result) -> None:

@@ -52,14 +52,14 @@ def _optuna_reads_every_line(path: str) -> None:
         assert isinstance(json.loads(line)["op_code"], int)
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 300, env=_ENV) -> subprocess.CompletedProcess:
     """``autoclip ARGS`` in a real process, bounded by ``timeout``."""
     return subprocess.run(
         [sys.executable, "-m", "autoclip", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_ENV,
+        env=env,
     )
 
 
@@ -88,6 +88,16 @@ def test_a_torn_last_record_is_cut_off_and_kept_and_never_appended_onto(tmp_path
     assert sum(r.state == "COMPLETE" for r in result.trials) == 2
     assert Path(path).read_bytes() == whole  # cut back to the last whole record
     assert fragment in Path(path + ".torn").read_bytes()  # and the fragment kept
+
+    # `autoclip report` says so in one line, and still shows both trials.
+    Path(path).write_bytes(whole + fragment)
+    shown = {k: v for k, v in _ENV.items() if k != "PYTHONWARNINGS"}  # as a user sees it
+    proc = _cli(
+        "report", "--storage", path, "--study", name, "--out", str(tmp_path / "r"), env=shown
+    )
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert warning.startswith("Warning: journal") and "torn record" in warning
 
     # Resuming appends after the last whole record, never onto the fragment.
     Path(path).write_bytes(whole + fragment)
