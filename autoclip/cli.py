@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import click
@@ -97,7 +101,7 @@ def _weights(ctx, param, value):
         w = tuple(float(x) for x in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected three numbers like 1,0.2,0.5, got {value!r}") from None
-    if len(w) != 3 or any(x < 0 for x in w) or sum(w) <= 0:
+    if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
         raise click.BadParameter(
             f"expected three non-negative weights (final loss, speed, instability) with a "
             f"positive sum, got {value!r}"
@@ -133,6 +137,19 @@ class _OneLine(logging.Filter):
         return True
 
 
+def _writable_dir(ctx, param, value):
+    """--out must be a folder this user can write, found out now, not after a long search."""
+    try:
+        os.makedirs(value, exist_ok=True)
+        with tempfile.TemporaryFile(dir=value):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write to {value!r} ({exc.strerror or exc}); pass a writable folder"
+        ) from None
+    return value
+
+
 def _out_option(help: str):
     return click.option(
         "--out",
@@ -141,6 +158,7 @@ def _out_option(help: str):
         default=DEFAULT_OUT,
         show_default=True,
         type=click.Path(file_okay=False),
+        callback=_writable_dir,
         help=help,
     )
 
@@ -163,6 +181,8 @@ def main(debug: bool) -> None:
       autoclip tune digits_mlp          # Optuna search; rerun to resume
     """
     _Ctx.debug = debug
+    if not debug:  # a warning is one line too (a torn journal record, a dead worker)
+        warnings.formatwarning = _one_line_warning
     import optuna
 
     # Trial-by-trial INFO lines drown the progress bar and the table; --debug keeps them.
@@ -173,6 +193,10 @@ def main(debug: bool) -> None:
             handler.removeFilter(f)
         if not debug:
             handler.addFilter(_OneLine())
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"Warning: {message}\n"
 
 
 def _exit_if_nothing_chosen(result) -> None:
@@ -241,6 +265,11 @@ def _exit_if_nothing_chosen(result) -> None:
 )
 @click.option("--tune-lr", is_flag=True, help="Also search a learning-rate multiplier.")
 @click.option(
+    "--resume-anyway",
+    is_flag=True,
+    help="Resume the stored study even though the task changed since it was created.",
+)
+@click.option(
     "--full-length",
     is_flag=True,
     help="Train every trial for the full length (no successive halving over rungs).",
@@ -263,6 +292,7 @@ def tune(
     workers,
     probe_steps,
     tune_lr,
+    resume_anyway,
     full_length,
     out_dir,
     as_json,
@@ -297,6 +327,7 @@ def tune(
             tune_lr=tune_lr,
             fidelity=not full_length,
             progress=progress,
+            resume_anyway=resume_anyway,
         )
     finally:
         close()

@@ -494,3 +494,120 @@ def test_a_study_not_made_by_autoclip_is_refused(tmp_path):
     optuna.create_study(storage=open_storage(path), study_name="theirs")
     with pytest.raises(autoclip.StorageError, match="not created by autoclip"):
         tune(FAST, n_trials=1, storage=path, study_name="theirs", baselines=False)
+
+
+# -- a local worker dies -----------------------------------------------------------------------
+@BOTH
+def test_a_local_worker_killed_mid_trial_is_reaped_and_tune_finishes(storage, tmp_path):
+    """`tune(workers=2)`; its spawned worker is SIGKILLed mid-trial. The coordinator reaps it
+    (a zombie passes ``os.kill(pid, 0)``: only its process handle knows it is dead), fails and
+    retries its trial, and finishes with exactly N trials, in bounded time."""
+    n, name = 3, "reaped"
+    log = tmp_path / "coordinator.log"
+    coordinator = _spawn_tune(
+        log,
+        task=SLOW,
+        n_trials=n,
+        steps=SLOW_STEPS,
+        storage=storage,
+        study_name=name,
+        workers=2,
+        baselines=False,
+        **COMMON,
+    )
+
+    def worker_trial():
+        for t in _trials(storage, name):
+            if t.state == TrialState.RUNNING and _pid(t) not in (None, coordinator.pid):
+                if t.params:  # its clipper is sampled: training has begun
+                    return t
+        return None
+
+    killed = _wait_for("the worker's trial in training", worker_trial, 120, coordinator, log)
+    worker_pid = _pid(killed)
+    os.kill(worker_pid, signal.SIGKILL)
+    assert _finish(coordinator, log, 180) == 0, log.read_text()
+
+    trials = {t.number: t for t in _trials(storage, name)}
+    assert trials[killed.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials.values() if _retry_of(t) == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == n
+    assert f"worker process (pid {worker_pid}) died" in log.read_text()
+
+
+# -- one Python process, retried ---------------------------------------------------------------
+def test_retrying_tune_in_the_same_process_after_a_failed_probe_does_not_wait(tmp_path):
+    """In a notebook: the probe fails (a bug in the loss), the user fixes it and calls `tune`
+    again in the same process; the half-made study is not waited for as "its coordinator's"."""
+    import dataclasses
+
+    from _tasks import make_task
+
+    def broken(model, batch):
+        raise RuntimeError("bug in my loss")
+
+    path, good = str(tmp_path / "study.journal"), make_task(steps=5)
+    bad = dataclasses.replace(good, loss_fn=broken)
+    for _ in range(2):  # twice: a second failure is the same error, at once
+        start = time.monotonic()
+        with pytest.raises(Exception, match="bug in my loss"):
+            tune(bad, n_trials=2, storage=path, baselines=False, **COMMON)
+        assert time.monotonic() - start < 30
+    start = time.monotonic()
+    result = tune(good, n_trials=2, storage=path, baselines=False, **COMMON)
+    assert time.monotonic() - start < 120
+    assert sum(r.state == "COMPLETE" for r in result.trials) == 2
+
+
+# -- secrets in URLs ---------------------------------------------------------------------------
+@pytest.mark.postgres
+def test_a_password_in_any_form_of_url_is_never_printed_or_stored(pg_server, tmp_path):
+    """``user:password@`` with an unencoded ``@`` in the password, ``?password=``, and a wrong
+    ``?password=``: the right ones connect, and no output, result file or study attribute
+    carries any part of the password; the wrong one is one line without it."""
+    secret = "se@cr3t"
+    pg_server.execute(f"CREATE ROLE bob LOGIN PASSWORD '{secret}'")
+    pg_server.execute("CREATE DATABASE bobs OWNER bob")
+    where = f"{pg_server.host}:{pg_server.port}/bobs"
+    forms = {
+        "userinfo": f"postgresql://bob:{secret}@{where}",  # the "@" left unencoded
+        "query": f"postgresql://bob@{where}?password=se%40cr3t",
+    }
+
+    def leaks(text: str) -> list[str]:
+        return [p for p in ("se@cr3t", "se%40cr3t", "cr3t") if p in text]
+
+    for i, (form, url) in enumerate(forms.items()):
+        out = tmp_path / form
+        args = ["tune", FAST, "--trials", "1", "--steps", "5", "--probe-steps", "10"]
+        args += ["--full-length", "--storage", url, "--study", f"s{i}", "--out", str(out)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "autoclip", *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=_ENV,
+        )
+        assert proc.returncode == 0, (form, proc.stderr)
+        assert not leaks(proc.stdout + proc.stderr), form
+        assert json.loads(proc.stdout)["storage"].startswith("postgresql://bob")
+        assert not leaks((out / "result.json").read_text()), form
+        study = _study(url, f"s{i}")
+        store = _store(url)
+        system = store.get_study_system_attrs(store.get_study_id_from_name(f"s{i}"))
+        stored = json.dumps([study.user_attrs, system], default=str)
+        stored += json.dumps([[t.user_attrs, t.system_attrs] for t in study.trials], default=str)
+        assert not leaks(stored), form
+
+    wrong = f"postgresql://bob@{where}?password=wr0ng-0ne"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoclip", "report", "--storage", wrong, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_ENV,
+    )
+    assert proc.returncode == 1
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error")]
+    assert "password authentication failed" in line and "wr0ng" not in proc.stderr

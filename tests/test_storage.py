@@ -20,10 +20,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 import autoclip
-from autoclip import _search_journal as journal
-from autoclip._search_fingerprint import describe_changes, fingerprint
-from autoclip._search_redact import normalize_url, redact_text, redact_url
+from autoclip.search import _journal as journal
 from autoclip.search import load_result, tune
+from autoclip.search._fingerprint import describe_changes, fingerprint
+from autoclip.search._redact import normalize_url, redact_text, redact_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.filterwarnings(
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings(
 HERE = Path(__file__).resolve().parent
 TASKS = HERE / "_tasks.py"
 FAST = f"{TASKS}:make_task"
-COMMON = dict(probe_steps=10, seed=0, heartbeat_interval=1)
+COMMON = dict(probe_steps=10, seed=0, heartbeat_interval=1, fidelity=False)
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -52,14 +52,14 @@ def _optuna_reads_every_line(path: str) -> None:
         assert isinstance(json.loads(line)["op_code"], int)
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: float = 300, env=_ENV) -> subprocess.CompletedProcess:
     """``autoclip ARGS`` in a real process, bounded by ``timeout``."""
     return subprocess.run(
         [sys.executable, "-m", "autoclip", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_ENV,
+        env=env,
     )
 
 
@@ -88,6 +88,16 @@ def test_a_torn_last_record_is_cut_off_and_kept_and_never_appended_onto(tmp_path
     assert sum(r.state == "COMPLETE" for r in result.trials) == 2
     assert Path(path).read_bytes() == whole  # cut back to the last whole record
     assert fragment in Path(path + ".torn").read_bytes()  # and the fragment kept
+
+    # `autoclip report` says so in one line, and still shows both trials.
+    Path(path).write_bytes(whole + fragment)
+    shown = {k: v for k, v in _ENV.items() if k != "PYTHONWARNINGS"}  # as a user sees it
+    proc = _cli(
+        "report", "--storage", path, "--study", name, "--out", str(tmp_path / "r"), env=shown
+    )
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert warning.startswith("Warning: journal") and "torn record" in warning
 
     # Resuming appends after the last whole record, never onto the fragment.
     Path(path).write_bytes(whole + fragment)
@@ -171,7 +181,7 @@ def test_a_full_disk_stops_tune_with_one_line_and_a_rerun_resumes(tiny_disk, tmp
     filler = tiny_disk / "filler"
     free = shutil.disk_usage(tiny_disk).free
     filler.write_bytes(b"\0" * (free - 24 * 1024))
-    args = ["tune", FAST, "--trials", "40", "--steps", "5", "--probe-steps", "10"]
+    args = ["tune", FAST, "--trials", "40", "--steps", "5", "--probe-steps", "10", "--full-length"]
     args += ["--storage", path, "--study", name, "--out", str(tmp_path / "out"), "-q"]
     first = _cli(*args)
     assert first.returncode == 1, first.stdout + first.stderr
@@ -228,6 +238,7 @@ def test_an_edited_task_file_is_refused_naming_what_changed_and_the_ways_out(tmp
     task = tmp_path / "task.py"
     shutil.copy(TASKS, task)
     args = ["tune", f"{task}:make_task", "--trials", "2", "--steps", "5", "--probe-steps", "10"]
+    args += ["--full-length"]
     args += ["--storage", str(tmp_path / "s.journal"), "--out", str(tmp_path / "out"), "-q"]
     assert _cli(*args).returncode == 0
     _edited_task(tmp_path, "lr: float = 0.05", "lr: float = 0.01")  # the user edits lr
@@ -314,3 +325,79 @@ def test_driver_messages_lose_the_secret_too():
     out = redact_text(msg, url)
     assert "p@ss" not in out and "other" not in out and "ss@db" not in out
     assert normalize_url(url).startswith("postgresql://me:p%40ss@db/x")
+
+
+# -- arguments checked before the probe ------------------------------------------------------
+@pytest.mark.parametrize(
+    "extra, what",
+    [
+        (["--seed", "-1"], "--seed"),
+        (["--out", "{file}/sub"], "--out"),
+        (["--weights", "nan,1,1"], "--weights"),
+        (["--storage", "{file}/study.journal"], "folder"),
+    ],
+    ids=["seed", "out", "weights", "storage"],
+)
+def test_bad_arguments_fail_before_the_probe_with_one_line(tmp_path, extra, what):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    journal_path = tmp_path / "s.journal"
+    args = ["tune", FAST, "--storage", str(journal_path), "--out", str(tmp_path / "out")]
+    args += [a.format(file=file) for a in extra]
+    proc = _cli(*args, timeout=60)
+    assert proc.returncode in (1, 2), proc.stderr
+    assert what in _error_line(proc)
+    assert not journal_path.exists()  # nothing created: refused before the study and probe
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seed=-1), "seed"),
+        (dict(strategies=["norm", "nope"]), "strategies"),
+        (dict(weights=(1.0, float("nan"), 1.0)), "weights"),
+        (dict(lr_range=0.5), "lr_range"),
+        (dict(max_instability=-1.0), "max_instability"),
+        (dict(probe_steps=0), "probe_steps"),
+    ],
+)
+def test_bad_tune_arguments_are_refused_before_anything_is_stored(tmp_path, kwargs, match):
+    path = tmp_path / "s.journal"
+    args = {**COMMON, **kwargs}
+    with pytest.raises(autoclip.ConfigError, match=match) as info:
+        tune(FAST, n_trials=1, storage=str(path), baselines=False, **args)
+    assert "\n" not in str(info.value)
+    assert not path.exists()
+
+
+# -- every trial diverged --------------------------------------------------------------------
+def test_a_study_whose_every_trial_diverged_says_so_and_chooses_nothing(tmp_path):
+    task = tmp_path / "nan_task.py"
+    task.write_text(
+        "import dataclasses, sys\n"
+        f"sys.path.insert(0, {str(HERE)!r})\n"
+        "from _tasks import make_task as base\n"
+        "def make_task():\n"
+        "    return dataclasses.replace(base(), eval_fn=lambda model: float('nan'))\n"
+    )
+    out = tmp_path / "out"
+    proc = _cli(
+        "tune",
+        f"{task}:make_task",
+        "--trials",
+        "3",
+        "--steps",
+        "5",
+        "--probe-steps",
+        "10",
+        "--storage",
+        str(tmp_path / "s.journal"),
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "diverged" in (proc.stdout + proc.stderr)
+    assert "chosen: nothing" in proc.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["chosen"] is None and "diverged" in result["warning"]
+    assert all(t["diverged"] for t in result["trials"] if t["state"] == "COMPLETE")

@@ -17,8 +17,9 @@ from autoclip.objectives import NAMES
 from autoclip.propose import Proposal
 from autoclip.search._budget import _counted, _retry_of
 from autoclip.search._fidelity import Plan
+from autoclip.search._redact import redact_url
 from autoclip.search._space import describe_config
-from autoclip.search._storage import ATTR, _redact, open_storage
+from autoclip.search._storage import ATTR, open_storage
 from autoclip.search._study import _load_study
 
 
@@ -239,7 +240,7 @@ def _result(study, storage, n_trials, weights, proposal, settings, base) -> Tune
         proposal=proposal,
         train_steps=sum(cost.values()),
         n_trials=n_trials,
-        storage=_redact(storage) if isinstance(storage, str) else None,
+        storage=redact_url(storage) if isinstance(storage, str) else None,
         cost=cost,
         warning=warning,
     )

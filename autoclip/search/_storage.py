@@ -6,12 +6,13 @@ import copy
 import importlib.util
 import warnings
 
-import filelock
 import optuna
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial
 
 from autoclip.errors import StorageError
+from autoclip.search._journal import JournalFile
+from autoclip.search._redact import normalize_url, redact_text, redact_url
 
 # Heartbeat every 10 s; a trial silent for 3 intervals belongs to a dead worker.
 HEARTBEAT_INTERVAL = 10
@@ -32,7 +33,7 @@ def open_storage(
     if not isinstance(storage, str) or not storage:
         raise StorageError(f"storage must be a file path or a URL, but got {storage!r}")
     if "://" in storage:
-        url, engine_kwargs = _with_driver(storage), {"pool_pre_ping": True}
+        url, engine_kwargs = _with_driver(normalize_url(storage)), {"pool_pre_ping": True}
         if url.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}  # not minutes on a bad host
         try:
@@ -47,41 +48,18 @@ def open_storage(
                 )
         except ImportError as exc:
             raise StorageError(
-                f"storage {_redact(storage)} needs a database driver that is not installed "
-                f"({exc}); for PostgreSQL: pip install 'autoclip-tuner[postgres]'"
+                f"storage {redact_url(storage)} needs a database driver that is not installed "
+                f"({redact_text(str(exc), storage)}); for PostgreSQL: "
+                "pip install 'autoclip-tuner[postgres]'"
             ) from None
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = redact_text(str(exc), storage).strip()  # a driver may quote the secret
+            first = text.splitlines()[0] if text else type(exc).__name__
             raise StorageError(
-                f"cannot open storage {_redact(storage)}: {first}; check the host, port, "
+                f"cannot open storage {redact_url(storage)}: {first}; check the host, port, "
                 "database name and credentials"
             ) from None
-    # issue-15's journal: a torn tail repaired, a full disk undone, a non-journal refused
-    from autoclip._search_journal import JournalFile
-
     return optuna.storages.JournalStorage(JournalFile(storage))
-
-
-class _FlockLock:
-    """The journal file's write lock (the acquire/release pair Optuna's journal file calls):
-    ``filelock.FileLock`` on ``<path>.flock``.
-
-    On POSIX that is flock(2), which the kernel drops when its process dies, so a worker
-    killed while writing does not hold up the others (Optuna's own lock files are broken only
-    after a 30 s grace period). It excludes the threads of one process too, each thread
-    taking it through a descriptor of its own. Journal files are for one machine (local
-    disks), where flock is reliable.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._lock = filelock.FileLock(path + ".flock")
-
-    def acquire(self) -> bool:
-        self._lock.acquire(poll_interval=0.002)  # writes take milliseconds: poll as often
-        return True
-
-    def release(self) -> None:
-        self._lock.release()
 
 
 def _with_driver(url: str) -> str:
@@ -123,12 +101,3 @@ class _RetryStale(_RetryBase):
         kept = {k: v for k, v in trial.user_attrs.items() if not k.startswith(ATTR)}
         trial.user_attrs = {**kept, ATTR + "retry_of": trial.number}
         super().__call__(study, trial)
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest and ":" in rest.split("@", 1)[0]:
-        user = rest.split("@", 1)[0].split(":", 1)[0]
-        rest = f"{user}:***@{rest.split('@', 1)[1]}"
-    return f"{scheme}{sep}{rest}"

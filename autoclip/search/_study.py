@@ -16,12 +16,15 @@ from autoclip.errors import StorageError
 from autoclip.objectives import NAMES
 from autoclip.probe import probe_task
 from autoclip.propose import Proposal, propose
+from autoclip.search._fingerprint import describe_changes
 from autoclip.search._space import _enqueue_params
 from autoclip.search._storage import ATTR
+from autoclip.search._watch import pid_alive
 from autoclip.stats import compute_stats
 from autoclip.task import Task
 
 MODES = ("pareto", "single")
+_SETTING_UP: set[str] = set()  # studies this process is setting up right now (any thread)
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,17 @@ def _load_study(
     deadline = time.monotonic() + wait
     while True:
         summary = _summary(storage, study_name)
-        if summary is not None and summary.user_attrs.get(ATTR + "ready"):
+        if summary is None:
+            raise StorageError(
+                f"study {study_name!r} is not in the storage (its coordinator's setup failed "
+                "and removed it); rerun the command"
+            )
+        if summary.user_attrs.get(ATTR + "ready"):
             break
         if time.monotonic() > deadline:
             raise StorageError(
                 f"study {study_name!r} exists but its coordinator never finished setting it "
-                "up; delete it or use another study name"
+                f"up within {wait:.0f} s; delete it or use another study name"
             )
         time.sleep(0.5)
     attrs = summary.user_attrs
@@ -102,19 +110,19 @@ def _summary(storage, study_name: str) -> optuna.study.StudySummary | None:
     return None
 
 
-def _abandoned(user_attrs: dict[str, Any]) -> bool:
+def _abandoned(user_attrs: dict[str, Any], study_name: str) -> bool:
     """Whether the study's coordinator died on this host before it finished setting it up
-    (an interrupted probe): then a rerun may set it up afresh, as no trial ran yet."""
+    (an interrupted probe), or is this very process, no longer setting it up (a failed
+    probe in a notebook, retried): then a rerun may set it up afresh, as no trial ran yet."""
     if user_attrs.get(ATTR + "ready"):
         return False
     who = user_attrs.get(ATTR + "coordinator") or {}
     pid = who.get("pid")
-    return (
-        who.get("host") == socket.gethostname()
-        and pid is not None
-        and pid != os.getpid()
-        and not _pid_alive(pid)
-    )
+    if who.get("host") != socket.gethostname() or pid is None:
+        return False
+    if pid == os.getpid():
+        return study_name not in _SETTING_UP
+    return not pid_alive(pid)
 
 
 def _process_seed(seed: int | None, coordinator: dict[str, Any] | None) -> int | None:
@@ -130,12 +138,20 @@ def _process_seed(seed: int | None, coordinator: dict[str, Any] | None) -> int |
     return int.from_bytes(digest[:4], "little")
 
 
-def _check_compatible(storage, study_name: str, settings: _Settings, wait: float = 600.0) -> None:
-    """Refuse a study created with other settings; wait while its coordinator probes."""
+def _check_compatible(
+    storage,
+    study_name: str,
+    settings: _Settings,
+    fingerprint: dict[str, Any] | None = None,
+    resume_anyway: bool = False,
+    wait: float = 600.0,
+) -> None:
+    """Refuse a study created with other settings, or for a task that has changed since
+    (unless ``resume_anyway``); wait, up to ``wait`` s, while its coordinator probes."""
     start = time.monotonic()
     while True:
         summary = _summary(storage, study_name)
-        if summary is None or _abandoned(summary.user_attrs):
+        if summary is None or _abandoned(summary.user_attrs, study_name):
             return  # _create_if_absent sets it up
         stored = summary.user_attrs.get(ATTR + "settings")
         if stored is not None:
@@ -164,10 +180,26 @@ def _check_compatible(storage, study_name: str, settings: _Settings, wait: float
             f"study {study_name!r} was created with a different search ({what}); "
             "rerun with the same options or choose another study name"
         )
+    stored_fp = summary.user_attrs.get(ATTR + "fingerprint")
+    if fingerprint is None or stored_fp is None or resume_anyway:
+        return  # a study from an autoclip that kept no fingerprint: nothing to compare
+    changes = describe_changes(stored_fp, fingerprint)
+    if changes:
+        raise StorageError(
+            f"study {study_name!r} was created for a different task ({'; '.join(changes)}); "
+            "start a new study with another --study name, or pass --resume-anyway "
+            "(tune(resume_anyway=True)) to continue this one with the changed task"
+        )
 
 
 def _create_if_absent(
-    store, study_name: str, task: Task, settings: _Settings, probe_steps: int, n_trials: int
+    store,
+    study_name: str,
+    task: Task,
+    settings: _Settings,
+    probe_steps: int,
+    n_trials: int,
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
     """Create the study, probe, store the proposal and enqueue the candidates, once."""
     for _ in range(3):
@@ -179,38 +211,48 @@ def _create_if_absent(
         except optuna.exceptions.DuplicatedStudyError:
             try:  # by id: a study another rerun has just recreated stays
                 study_id = _id_of(store, study_name)
-                if not _abandoned(store.get_study_user_attrs(study_id)):
+                if not _abandoned(store.get_study_user_attrs(study_id), study_name):
                     return  # another process is (or was) the coordinator
                 store.delete_study(study_id)
             except KeyError:
                 pass  # another rerun deleted it first
     else:
         return
-    study.set_user_attr(ATTR + "coordinator", {"host": socket.gethostname(), "pid": os.getpid()})
-    trace = probe_task(task, steps=probe_steps)
-    proposal = propose(compute_stats(trace))
-    strategies = settings.strategies or proposal.space.strategies
-    stored = {**settings.key(), "strategies": list(strategies)}
-    study.set_user_attr(ATTR + "settings", stored)
-    study_id = _id_of(store, study_name)
-    store.set_study_system_attr(study_id, ATTR + "proposal", proposal.to_json())
-    spent = getattr(proposal, "steps_spent", 0) or len(trace.norms)  # with a measurement
-    study.set_user_attr(ATTR + "probe_steps", int(spent))
-    with warnings.catch_warnings():  # "experimental" since Optuna 3.2
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(NAMES) if settings.mode == "pareto" else [NAMES[0]])
-    # No more than the budget: a candidate left waiting would hold a slot that a retried
-    # trial needs.
-    for params in _enqueue_params(proposal, strategies)[:n_trials]:
-        study.enqueue_trial(params)
-    study.set_user_attr(ATTR + "ready", True)
-
-
-def _pid_alive(pid: int) -> bool:
+    _SETTING_UP.add(study_name)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        coordinator = {"host": socket.gethostname(), "pid": os.getpid()}
+        study.set_user_attr(ATTR + "coordinator", coordinator)
+        if fingerprint is not None:
+            study.set_user_attr(ATTR + "fingerprint", fingerprint)
+        trace = probe_task(task, steps=probe_steps)
+        proposal = propose(compute_stats(trace))
+        strategies = settings.strategies or proposal.space.strategies
+        stored = {**settings.key(), "strategies": list(strategies)}
+        study.set_user_attr(ATTR + "settings", stored)
+        study_id = _id_of(store, study_name)
+        store.set_study_system_attr(study_id, ATTR + "proposal", proposal.to_json())
+        spent = getattr(proposal, "steps_spent", 0) or len(trace.norms)  # with a measurement
+        study.set_user_attr(ATTR + "probe_steps", int(spent))
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(NAMES) if settings.mode == "pareto" else [NAMES[0]])
+        # No more than the budget: a candidate left waiting would hold a slot that a retried
+        # trial needs.
+        for params in _enqueue_params(proposal, strategies)[:n_trials]:
+            study.enqueue_trial(params)
+        study.set_user_attr(ATTR + "ready", True)
+    except BaseException:
+        # A failed probe (or Ctrl-C) leaves no half-made study behind: no trial ran yet, and
+        # a retry, in this process or another, sets it up afresh instead of waiting for it.
+        _delete(store, study_name)
+        raise
+    finally:
+        _SETTING_UP.discard(study_name)
+
+
+def _delete(store, study_name: str) -> None:
+    """Delete a study that is not ready (no trial ran), if it is still there."""
+    try:
+        store.delete_study(_id_of(store, study_name))
+    except Exception:  # another rerun deleted it first, or the storage cannot be written
+        pass

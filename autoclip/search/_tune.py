@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from autoclip import serialize
-from autoclip.errors import ConfigError, StorageError
+from autoclip.errors import ConfigError
 from autoclip.objectives import NAMES, evaluate
 from autoclip.search._fidelity import Plan
+from autoclip.search._fingerprint import fingerprint
 from autoclip.search._result import TrialRecord, TuneResult, _result
 from autoclip.search._space import check_strategies
 from autoclip.search._storage import ATTR, HEARTBEAT_INTERVAL, open_storage
@@ -23,7 +26,8 @@ from autoclip.search._study import (
     _load_study,
     _Settings,
 )
-from autoclip.search._workers import _run_worker, _worker_process
+from autoclip.search._watch import LocalWorkers, wait_limit
+from autoclip.search._workers import _fail_dead, _run_worker, _worker_process
 from autoclip.task import Task, load_task
 from autoclip.training import train
 
@@ -50,31 +54,55 @@ def _baselines(task: Task, steps: int, steps_so_far: dict[str, Any]) -> dict[str
     return out
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+def _check_arguments(
+    *,
+    mode,
+    n_trials,
+    workers,
+    weights,
+    seed,
+    probe_steps,
+    strategies,
+    lr_range,
+    max_instability,
+    heartbeat_interval,
+) -> None:
+    """Refuse a bad argument before anything is stored or trained (one line each)."""
 
+    def whole(name: str, value: Any, low: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"`{name}` must be an int >= {low}, but got {value!r}")
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_args(seed, probe_steps, strategies, lr_range, max_instability) -> None:
-    """The arguments nothing else checks before the probe runs: each a one-line ConfigError."""
-    if seed is not None and not (_is_int(seed) and seed >= 0):
-        raise ConfigError(f"`seed` must be an int >= 0 or None, but got {seed!r}")
-    if probe_steps is not None and not (_is_int(probe_steps) and probe_steps >= 2):
-        raise ConfigError(f"`probe_steps` must be an int >= 2 or None, but got {probe_steps!r}")
+    if mode not in MODES:
+        raise ConfigError(f"`mode` must be one of {MODES}, but got {mode!r}")
+    whole("n_trials", n_trials, 1)
+    whole("workers", workers, 1)
+    if probe_steps is not None:
+        whole("probe_steps", probe_steps, 2)
+    whole("heartbeat_interval", heartbeat_interval, 1)
+    if seed is not None:
+        whole("seed", seed, 0)
+    if weights is not None:
+        try:
+            w = [float(x) for x in weights]
+        except (TypeError, ValueError):
+            w = []
+        if len(w) != len(NAMES) or not all(map(math.isfinite, w)) or min(w) < 0 or sum(w) <= 0:
+            raise ConfigError(
+                f"`weights` must be {len(NAMES)} finite non-negative numbers for {NAMES} with "
+                f"a positive sum, but got {weights!r}"
+            )
     if strategies is not None:
-        check_strategies(None, strategies)
-    if not (_is_number(lr_range) and lr_range > 1):
+        if isinstance(strategies, str) or not all(isinstance(x, str) for x in strategies):
+            raise ConfigError(f"`strategies` must be a list of names, but got {strategies!r}")
+        if not strategies:
+            raise ConfigError("`strategies` must name at least one clipper, but got []")
+        check_strategies(None, strategies)  # registered, with a searched parameter
+    if not (isinstance(lr_range, (int, float)) and math.isfinite(lr_range) and lr_range > 1):
+        raise ConfigError(f"`lr_range` must be a finite number > 1, but got {lr_range!r}")
+    if not (isinstance(max_instability, (int, float)) and 0 <= max_instability <= 1):
         raise ConfigError(
-            f"`lr_range` must be a finite number > 1 (the lr multiplier is searched in "
-            f"[1/lr_range, lr_range]), but got {lr_range!r}"
-        )
-    if not (_is_number(max_instability) and 0 <= max_instability <= 1):
-        raise ConfigError(
-            f"`max_instability` must be a number in [0, 1] (a fraction of loss spikes), "
-            f"but got {max_instability!r}"
+            f"`max_instability` must be a number in [0, 1], but got {max_instability!r}"
         )
 
 
@@ -98,6 +126,7 @@ def tune(
     fidelity: bool = True,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     progress: Callable[[int, int], None] | None = None,
+    resume_anyway: bool = False,
 ) -> TuneResult:
     """Search clipping configurations for ``task``; see the module docstring.
 
@@ -124,6 +153,9 @@ def tune(
             length of the first rung (the whole length without ``fidelity``).
         fidelity: successive halving over trial lengths (see ``autoclip.search._fidelity``);
             False trains every trial for the full length.
+        resume_anyway: resume a stored study even though the task's fingerprint (model,
+            optimizer, data, code, seed) changed since it was created; by default that is
+            refused, naming what changed.
 
     >>> import torch
     >>> from torch import nn
@@ -137,20 +169,18 @@ def tune(
     >>> len(result.trials), sorted(result.baselines), result.chosen is not None
     (3, ['fixed norm 1.0', 'no clipping'], True)
     """
-    if mode not in MODES:
-        raise ConfigError(f"`mode` must be one of {MODES}, but got {mode!r}")
-    if not (isinstance(n_trials, int) and n_trials >= 1):
-        raise ConfigError(f"`n_trials` must be an int >= 1, but got {n_trials!r}")
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ConfigError(f"`workers` must be an int >= 1, but got {workers!r}")
-    if weights is not None and (
-        len(weights) != len(NAMES) or any(w < 0 for w in weights) or sum(weights) <= 0
-    ):
-        raise ConfigError(
-            f"`weights` must be {len(NAMES)} non-negative numbers for {NAMES} with a "
-            f"positive sum, but got {weights!r}"
-        )
-    _check_args(seed, probe_steps, strategies, lr_range, max_instability)
+    _check_arguments(
+        mode=mode,
+        n_trials=n_trials,
+        workers=workers,
+        weights=weights,
+        seed=seed,
+        probe_steps=probe_steps,
+        strategies=strategies,
+        lr_range=lr_range,
+        max_instability=max_instability,
+        heartbeat_interval=heartbeat_interval,
+    )
     target = task if isinstance(task, str) else None
     if workers > 1 and (target is None or not isinstance(storage, str)):
         raise ConfigError(
@@ -164,6 +194,7 @@ def tune(
     if probe_steps is None:
         probe_steps = min(100, max(20, steps // 10))
     study_name = study_name or f"autoclip-{task.name}"
+    fp = fingerprint(task) if storage is not None else None  # before anything is stored
     store = open_storage(storage, heartbeat_interval=heartbeat_interval)
 
     # Every worker must agree on these; the search space itself comes from the proposal.
@@ -177,8 +208,8 @@ def tune(
         task=task.name,
         fidelity=bool(fidelity),
     )
-    _check_compatible(store, study_name, settings)
-    _create_if_absent(store, study_name, task, settings, probe_steps, n_trials)
+    _check_compatible(store, study_name, settings, fp, resume_anyway)
+    _create_if_absent(store, study_name, task, settings, probe_steps, n_trials, fp)
     study, proposal, settings = _load_study(store, study_name, seed=seed)
 
     if workers > 1:
@@ -197,14 +228,31 @@ def tune(
     ]
     for p in procs:
         p.start()
+    # The coordinator watches its workers by their handles: a dead one is reaped, its trial
+    # failed and retried (a zombie would pass a check by process id and be waited for).
+    watch = LocalWorkers(
+        procs, lambda pid, code: _fail_dead(study, study.get_trials(deepcopy=False), dead={pid})
+    )
     try:
-        _run_worker(study, store, task, proposal, settings, n_trials, progress, share=share)
+        _run_worker(
+            study,
+            store,
+            task,
+            proposal,
+            settings,
+            n_trials,
+            progress,
+            share=share,
+            watcher=os.getpid(),
+            between_trials=watch.check,
+        )
     finally:
-        for p in procs:
-            p.join()
-    bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
-    if bad:
-        raise StorageError(f"{len(bad)} worker process(es) failed (exit codes {bad})")
+        durations = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.datetime_start and t.datetime_complete
+        ]
+        watch.join(wait_limit(durations))
 
     attrs = study.user_attrs
     base = attrs.get(ATTR + "baselines", {})

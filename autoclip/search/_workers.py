@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import signal
@@ -10,7 +11,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import optuna
@@ -25,42 +26,63 @@ from autoclip.search._budget import _counted, _lineage, _rank, _retry_of, _Surpl
 from autoclip.search._fidelity import Plan
 from autoclip.search._space import suggest_clipper
 from autoclip.search._storage import ATTR, MAX_RETRY, open_storage
-from autoclip.search._study import _load_study, _pid_alive, _Settings
+from autoclip.search._study import _load_study, _Settings
+from autoclip.search._watch import pid_alive, wait_limit
 from autoclip.task import Task, load_task
 from autoclip.training import train
 
+ORPHAN_AFTER = 60.0  # seconds a running trial may go without its worker's pid
 
-def _fail_dead(study: optuna.Study, trials: Sequence[FrozenTrial]) -> bool:
+
+def _fail_dead(
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    dead: Collection[int] = (),
+    watcher: int | None = None,
+) -> list[int]:
     """Fail and retry trials whose worker died: by heartbeat where the storage has them, and
-    by process id for workers on this host (journal files have no heartbeat). True when it
-    changed something (the caller then reads the trials again)."""
+    by process id for workers on this host (journal files have no heartbeat).
+
+    ``dead``: process ids known to be dead (a coordinator's children, seen by their handles).
+    ``watcher``: the process that watches this process's sibling workers by their handles
+    (the coordinator); a zombie it is the parent of is left to it. Returns the trials it
+    failed (-1 stands for any the heartbeat check failed), so the caller reads them again.
+    """
     # Unconditionally: Optuna wraps an RDBStorage in a cache, so an isinstance check never
     # matched, and a worker waiting on a dead worker's trial waited forever. Storages without
     # heartbeats make this a no-op.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        changed = bool(optuna.storages.fail_stale_trials(study))
+        failed = [-1] if optuna.storages.fail_stale_trials(study) else []
     host = socket.gethostname()
     parent = {t.number: _retry_of(t) for t in trials}
+    now = datetime.datetime.now()
     for t in trials:
-        who = _worker_of(t)
-        if t.state != TrialState.RUNNING or who.get("host") != host:
+        if t.state != TrialState.RUNNING:
             continue
+        who = _worker_of(t)
         pid = who.get("pid")
-        if pid is None or pid == os.getpid() or _pid_alive(pid):
+        if pid is None:
+            # Its worker writes its pid first, milliseconds after the trial starts; a trial
+            # without one for a minute lost its worker before (a crash, a full disk).
+            started = t.datetime_start
+            if started is None or (now - started).total_seconds() < ORPHAN_AFTER:
+                continue
+        elif who.get("host") != host or pid == os.getpid():
+            continue
+        elif pid not in dead and pid_alive(pid, watcher):
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                study.tell(t.number, state=TrialState.FAIL)
-            ok = True
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         except Exception:  # another process got there first
-            ok = False
-        changed = True
+            continue
+        failed.append(t.number)
         _, retries = _lineage(parent, t.number)  # how often these parameters were retried
-        if ok is not False and retries < MAX_RETRY:  # the heartbeat path's limit, too
+        if retries < MAX_RETRY:  # the heartbeat path's limit, too
             study.enqueue_trial(t.params, user_attrs={ATTR + "retry_of": t.number})
-    return changed
+    return failed
 
 
 def _worker_of(t: FrozenTrial) -> dict[str, Any]:
@@ -141,11 +163,17 @@ def _run_worker(
     progress: Callable[[int, int], None] | None = None,
     poll: float = 1.0,
     share: int | None = None,
+    *,
+    watcher: int | None = None,
+    between_trials: Callable[[], object] | None = None,
 ) -> None:
     """Run trials until the study holds ``n_trials`` counted, finished trials.
 
     With multi-fidelity (the default) each round is one bracket of up to ``share`` trials
     (this worker's part of the budget); without, trials run one at a time at full length.
+    ``between_trials`` is called before each look at the study (the coordinator checks its
+    worker processes there). Waiting for other workers' last trials has a deadline:
+    :func:`~autoclip.search._watch.wait_limit` of the trials seen so far.
     """
     plan = Plan.make(settings.steps) if settings.fidelity else Plan(settings.steps, ())
     interrupted: list[optuna.Trial] = []
@@ -161,6 +189,9 @@ def _run_worker(
             rec["reason"] = "interrupted (KeyboardInterrupt)"
             interrupted.append(trial)
             raise
+        except StorageError:
+            rec = None  # the storage cannot be written (a full disk): recording would fail too
+            raise
         except optuna.TrialPruned as exc:
             rec["reason"] = str(exc) or "pruned"
             raise
@@ -169,10 +200,11 @@ def _run_worker(
             raise
         finally:
             if bracket is not None:
-                failed = rec.get("diverged") or rec.get("objectives") is None
-                bracket.leave(trial.number, failed=bool(failed) and "rungs" in rec)
-            # the one write of what the trial found, in strict JSON (inf objectives included)
-            trial.set_user_attr(ATTR + "trial", serialize.encode(rec))
+                failed = rec is None or rec.get("diverged") or rec.get("objectives") is None
+                bracket.leave(trial.number, failed=bool(failed) and "rungs" in (rec or {}))
+            if rec is not None:
+                # the one write of what it found, in strict JSON (inf objectives included)
+                trial.set_user_attr(ATTR + "trial", serialize.encode(rec))
 
     def requeue_interrupted() -> None:
         # Optuna has marked the trials failed; the budget is the user's, not the
@@ -180,37 +212,81 @@ def _run_worker(
         for t in interrupted:
             study.enqueue_trial(t.params, user_attrs={ATTR + "retry_of": t.number})
 
+    waiting_since: float | None = None
     while True:
+        if between_trials is not None:
+            between_trials()
         trials = study.get_trials(deepcopy=False)  # the loop's one read of the trial list
-        if _fail_dead(study, trials):
+        if _fail_dead(study, trials, watcher=watcher):
             trials = study.get_trials(deepcopy=False)
         counted = _counted(trials)
         waiting = sum(t.state == TrialState.WAITING for t in counted)
-        running = any(t.state == TrialState.RUNNING for t in counted)
+        running = [t for t in counted if t.state == TrialState.RUNNING]
         if progress is not None:
             progress(sum(t.state.is_finished() for t in counted), n_trials)
         free = waiting + n_trials - len(counted)
         if free > 0:
-            if not plan.rungs:
-                try:
-                    study.optimize(lambda t: objective(t, None), n_trials=1, catch=(Exception,))
-                except AssertionError as exc:
-                    raise _storage_failure(exc) from None
-                except KeyboardInterrupt:
-                    requeue_interrupted()
-                    raise
-                continue
-            size = min(free, share or n_trials)
-            bracket = Bracket(size, plan, pareto=settings.mode == "pareto")
-            with _interrupts_to(bracket):
-                _run_bracket(study, lambda t, b=bracket: objective(t, b), size)
+            waiting_since = None
+            try:
+                if not plan.rungs:
+                    try:
+                        study.optimize(lambda t: objective(t, None), n_trials=1, catch=(Exception,))
+                    except KeyboardInterrupt:
+                        requeue_interrupted()
+                        raise
+                    continue
+                size = min(free, share or n_trials)
+                bracket = Bracket(size, plan, pareto=settings.mode == "pareto")
+                with _interrupts_to(bracket):
+                    _run_bracket(study, lambda t, b=bracket: objective(t, b), size)
+            except AssertionError as exc:
+                raise _storage_failure(exc) from None
             if bracket.interrupted:
                 requeue_interrupted()
                 raise KeyboardInterrupt
         elif running:
-            time.sleep(poll)  # wait for other workers' last trials (or for them to go stale)
+            # Wait for other workers' last trials (or for them to go stale), not forever.
+            now = time.monotonic()
+            waiting_since = now if waiting_since is None else waiting_since
+            limit = wait_limit([_duration(t) for t in trials if t.state == TrialState.COMPLETE])
+            if now - waiting_since > limit:
+                raise StorageError(_still_running(running, now - waiting_since))
+            time.sleep(poll)
         else:
             return
+
+
+def _duration(t: FrozenTrial) -> float:
+    if t.datetime_start is None or t.datetime_complete is None:
+        return 0.0
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def _still_running(running: list[FrozenTrial], waited: float) -> str:
+    who = ", ".join(
+        f"trial {t.number} (pid {_worker_of(t).get('pid')} on {_worker_of(t).get('host')})"
+        for t in running
+    )
+    return (
+        f"waited {waited:.0f} s for the last trials of other workers to finish: {who}; "
+        "they are still marked running: rerun later to collect them, or stop those processes "
+        "(their trials are then retried)"
+    )
+
+
+def _storage_failure(exc: BaseException) -> BaseException:
+    """The storage error behind ``exc``, else ``exc``.
+
+    When writing a trial's result fails (a full disk), Optuna's trial loop raises
+    ``AssertionError("Should not reach.")`` from its ``finally`` block, hiding the error;
+    the error is still the assertion's context.
+    """
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, StorageError):
+            return seen
+        seen = seen.__context__
+    return exc
 
 
 def _run_bracket(study: optuna.Study, objective, size: int) -> None:
@@ -268,19 +344,4 @@ def _worker_process(
     task = load_task(target)
     store = open_storage(storage, heartbeat_interval=heartbeat)
     study, proposal, settings = _load_study(store, study_name, worker=worker, seed=seed)
-    _run_worker(study, store, task, proposal, settings, n_trials, share=share)
-
-
-def _storage_failure(exc: BaseException) -> BaseException:
-    """The storage error behind ``exc``, else ``exc`` (ported from issue-15's search.py).
-
-    When writing a trial's result fails (a full disk), Optuna's trial loop raises
-    ``AssertionError("Should not reach.")`` from its ``finally`` block, hiding the error;
-    the error is still the assertion's context.
-    """
-    seen = exc.__context__
-    while seen is not None:
-        if isinstance(seen, StorageError):
-            return seen
-        seen = seen.__context__
-    return exc
+    _run_worker(study, store, task, proposal, settings, n_trials, share=share, watcher=os.getppid())

@@ -14,9 +14,8 @@ with a plain append, and each is handled here instead of corrupting the study:
 * **Something that is not a journal** (a text file, an SQLite database, a FIFO, a device, a
   folder): refused when opened, before anything is written to it.
 
-The lock is ``flock(2)`` on ``<path>.flock``: the kernel drops it when its holder dies, so a
-worker killed while writing does not hold up the others. Journal files are for one machine
-(local disks), where flock is reliable.
+The lock is :class:`FileLock` on ``<path>.flock`` (flock(2) through ``filelock``). Journal
+files are for one machine (local disks), where flock is reliable.
 """
 
 from __future__ import annotations
@@ -25,59 +24,51 @@ import errno
 import json
 import os
 import stat
-import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import filelock
 from optuna.storages.journal import BaseJournalBackend
 
 from autoclip.errors import StorageError
 
-__all__ = ["FlockLock", "JournalFile", "check_journal_path"]
+__all__ = ["FileLock", "JournalFile", "check_journal_path"]
 
 # Optuna writes each record as json.dumps({"op_code": ..., "worker_id": ..., ...},
 # separators=(",", ":")), so every record starts with these bytes.
 _RECORD_START = b'{"op_code":'
 _HEAD = 4096  # bytes read to recognise a journal
+LOCK_TIMEOUT = 120.0  # seconds: a write holds the lock for milliseconds
 
 
-class FlockLock:
-    """An exclusive lock held with flock(2) on ``<path>.flock`` (threads excluded too)."""
+class FileLock:
+    """The journal's write lock: ``filelock.FileLock`` on ``<path>.flock``, with a deadline.
+
+    On POSIX that is flock(2), which the kernel drops when its holder dies, so a worker
+    killed while writing does not hold up the others; each thread takes it through a
+    descriptor of its own, so it excludes the threads of one process too. The deadline means
+    a stopped holder (Ctrl-Z) is reported instead of waited for forever.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path + ".flock"
-        self._thread_lock = threading.Lock()
-        self._fd: int | None = None
+        self._lock = filelock.FileLock(self.path, timeout=LOCK_TIMEOUT)
 
     def acquire(self) -> bool:
-        import fcntl
-
-        self._thread_lock.acquire()
-        fd = -1
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            self._thread_lock.release()
-            raise
-        self._fd = fd
+            self._lock.acquire(poll_interval=0.002)  # writes take milliseconds: poll as often
+        except filelock.Timeout:
+            raise StorageError(
+                f"waited {LOCK_TIMEOUT:.0f} s for the journal lock {self.path!r}, which another "
+                "process holds; if a worker is stopped (Ctrl-Z), resume or end it, then rerun"
+            ) from None
         return True
 
     def release(self) -> None:
-        import fcntl
+        self._lock.release()
 
-        fd, self._fd = self._fd, None
-        try:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-        finally:
-            self._thread_lock.release()
-
-    def __enter__(self) -> FlockLock:
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 
@@ -168,7 +159,7 @@ class JournalFile(BaseJournalBackend):
     def __init__(self, path: str) -> None:
         check_journal_path(path)
         self.path = os.path.abspath(path)
-        self._lock = FlockLock(self.path)
+        self._lock = FileLock(self.path)
         # Record number -> byte offset of that record, for incremental reads. Records are
         # numbered as they are yielded, so a skipped (torn) line takes no number.
         self._offsets: dict[int, int] = {0: 0}
