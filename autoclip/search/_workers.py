@@ -45,17 +45,17 @@ def _fail_dead(
     ``dead``: process ids known to be dead (a coordinator's children, seen by their handles).
     ``watcher``: the process that watches this process's sibling workers by their handles
     (the coordinator); a zombie it is the parent of is left to it. Returns the trials it
-    failed (-1 stands for any the heartbeat check failed), so the caller reads them again.
+    failed, so the caller reads them again.
     """
     # Unconditionally: Optuna wraps an RDBStorage in a cache, so an isinstance check never
     # matched, and a worker waiting on a dead worker's trial waited forever. Storages without
     # heartbeats make this a no-op.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        failed = [-1] if optuna.storages.fail_stale_trials(study) else []
+        optuna.storages.fail_stale_trials(study)  # and retried by the storage's callback
     host = socket.gethostname()
-    parent = {t.number: _retry_of(t) for t in trials}
     now = datetime.datetime.now()
+    suspects = []
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
@@ -71,10 +71,21 @@ def _fail_dead(
             continue
         elif pid not in dead and pid_alive(pid, watcher):
             continue
+        suspects.append(t.number)
+    if not suspects:
+        return []
+    # Read again: the heartbeat check above, or another worker, may have failed (and retried)
+    # some of them since ``trials`` was read.
+    trials = study.get_trials(deepcopy=False)
+    parent = {t.number: _retry_of(t) for t in trials}
+    failed = []
+    for t in trials:
+        if t.number not in suspects or t.state != TrialState.RUNNING:
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                study.tell(t.number, state=TrialState.FAIL)  # raises if no longer running
         except Exception:  # another process got there first
             continue
         failed.append(t.number)
