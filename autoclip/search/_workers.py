@@ -199,9 +199,9 @@ def _run_worker(
             rec["reason"] = "interrupted (KeyboardInterrupt)"
             interrupted.append(trial)
             raise
-        except StorageError:
+        except StorageError as exc:
             rec = None  # the storage cannot be written (a full disk): recording would fail too
-            raise
+            raise _StorageFailed(exc) from None
         except optuna.TrialPruned as exc:
             rec["reason"] = str(exc) or "pruned"
             raise
@@ -213,7 +213,10 @@ def _run_worker(
                 failed = rec is None or rec.get("diverged") or rec.get("objectives") is None
                 bracket.leave(trial.number, failed=bool(failed) and "rungs" in (rec or {}))
             if rec is not None:
-                trial.set_user_attr(ATTR + "trial", rec)  # the one write of what it found
+                try:
+                    trial.set_user_attr(ATTR + "trial", rec)  # the one write of what it found
+                except StorageError as exc:
+                    raise _StorageFailed(exc) from None
 
     def requeue_interrupted() -> None:
         # Optuna has marked the trials failed; the budget is the user's, not the
@@ -248,6 +251,8 @@ def _run_worker(
                 bracket = Bracket(size, plan, pareto=settings.mode == "pareto")
                 with _interrupts_to(bracket):
                     _run_bracket(study, lambda t, b=bracket: objective(t, b), size)
+            except _StorageFailed as exc:
+                raise exc.args[0] from None
             except AssertionError as exc:
                 raise _storage_failure(exc) from None
             if bracket.interrupted:
@@ -281,6 +286,15 @@ def _still_running(running: list[FrozenTrial], waited: float) -> str:
         "they are still marked running: rerun later to collect them, or stop those processes "
         "(their trials are then retried)"
     )
+
+
+class _StorageFailed(BaseException):
+    """A :class:`StorageError` inside a trial (a full disk), carried out of ``optimize``.
+
+    Not an ``Exception``: Optuna would treat it as the trial failing, log its traceback and
+    try to write the failure to the very storage that cannot be written. The trial stays
+    running in the storage, and the rerun fails and retries it as a dead worker's.
+    """
 
 
 def _storage_failure(exc: BaseException) -> BaseException:
