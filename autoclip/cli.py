@@ -204,22 +204,9 @@ def _exit_if_nothing_chosen(result) -> None:
 )
 @_run
 def tune(
-    target,
-    trials,
-    steps,
-    mode,
-    weights,
-    seed,
-    storage,
-    study_name,
-    workers,
-    probe_steps,
-    tune_lr,
-    full_length,
-    out_dir,
-    as_json,
-    quiet,
-):
+    target, trials, steps, mode, weights, seed, storage, study_name, workers, probe_steps,
+    tune_lr, full_length, out_dir, as_json, quiet
+):  # fmt: skip
     """Search clipping settings for TARGET with Optuna and report the choice.
 
     TARGET is path/to/file.py:name, package.module:name, or a bundled study name; name is
