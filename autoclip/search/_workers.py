@@ -137,7 +137,8 @@ def _objective(
             return
         if single and math.isfinite(loss):
             trial.report(loss, step + 1)
-        go = bracket.at_rung(trial.number, k, curve)
+        steps_so_far = max(1, int(clipper.steps))
+        go = bracket.at_rung(trial.number, k, curve, float(clipper.clipped) / steps_so_far)
         rec["rungs"].append([step + 1, loss, bracket.scores(trial.number)[-1][0]])
         if not go:
             rec["steps_run"] = step + 1
