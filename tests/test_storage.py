@@ -407,3 +407,36 @@ def test_a_study_whose_every_trial_diverged_says_so_and_chooses_nothing(tmp_path
     result = json.loads((out / "result.json").read_text())
     assert result["chosen"] is None and "diverged" in result["warning"]
     assert all(t["diverged"] for t in result["trials"] if t["state"] == "COMPLETE")
+
+
+def test_a_journal_lock_held_forever_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    """Another process holds the journal's lock and never lets go (stopped with Ctrl-Z, say):
+    opening the journal gives up after the lock's deadline, with one line naming the lock."""
+    import time
+
+    path = tmp_path / "s.journal"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            "f = open(sys.argv[1], 'a')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(120)\n",
+            str(path) + ".flock",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(journal, "LOCK_TIMEOUT", 1.0)
+        start = time.monotonic()
+        with pytest.raises(autoclip.StorageError, match="journal lock") as info:
+            tune(FAST, n_trials=1, storage=str(path), baselines=False, **COMMON)
+        assert time.monotonic() - start < 30
+        assert "\n" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
