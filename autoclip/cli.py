@@ -182,7 +182,7 @@ def main(debug: bool) -> None:
     """
     _Ctx.debug = debug
     if not debug:  # a warning is one line too (a torn journal record, a dead worker)
-        warnings.formatwarning = _one_line_warning
+        warnings.formatwarning = lambda message, *args, **kw: f"Warning: {message}\n"
     import optuna
 
     # Trial-by-trial INFO lines drown the progress bar and the table; --debug keeps them.
@@ -193,10 +193,6 @@ def main(debug: bool) -> None:
             handler.removeFilter(f)
         if not debug:
             handler.addFilter(_OneLine())
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"Warning: {message}\n"
 
 
 def _exit_if_nothing_chosen(result) -> None:
@@ -264,11 +260,7 @@ def _exit_if_nothing_chosen(result) -> None:
     help="Warm-up steps of the probe [default: a tenth of the steps, within 20..100].",
 )
 @click.option("--tune-lr", is_flag=True, help="Also search a learning-rate multiplier.")
-@click.option(
-    "--resume-anyway",
-    is_flag=True,
-    help="Resume the stored study even though the task changed since it was created.",
-)
+@click.option("--resume-anyway", is_flag=True, help="Resume the study though its task changed.")
 @click.option(
     "--full-length",
     is_flag=True,
@@ -281,23 +273,9 @@ def _exit_if_nothing_chosen(result) -> None:
 )
 @_run
 def tune(
-    target,
-    trials,
-    steps,
-    mode,
-    weights,
-    seed,
-    storage,
-    study_name,
-    workers,
-    probe_steps,
-    tune_lr,
-    resume_anyway,
-    full_length,
-    out_dir,
-    as_json,
-    quiet,
-):
+    target, trials, steps, mode, weights, seed, storage, study_name, workers, probe_steps,
+    tune_lr, resume_anyway, full_length, out_dir, as_json, quiet
+):  # fmt: skip
     """Search clipping settings for TARGET with Optuna and report the choice.
 
     TARGET is path/to/file.py:name, package.module:name, or a bundled study name; name is

@@ -115,6 +115,7 @@ def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 _TUNE = (
     "import json, sys, warnings, optuna\n"
     "warnings.simplefilter('ignore')\n"
+    "warnings.filterwarnings('always', message='worker process')\n"  # a dead worker: shown
     "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
     "from autoclip.search import tune\n"
     "tune(**json.loads(sys.argv[1]))\n"
@@ -502,13 +503,15 @@ def test_a_local_worker_killed_mid_trial_is_reaped_and_tune_finishes(storage, tm
     """`tune(workers=2)`; its spawned worker is SIGKILLed mid-trial. The coordinator reaps it
     (a zombie passes ``os.kill(pid, 0)``: only its process handle knows it is dead), fails and
     retries its trial, and finishes with exactly N trials, in bounded time."""
-    n, name = 3, "reaped"
+    # Trials of a few seconds, and enough of them that the coordinator cannot finish the
+    # study alone while its worker process is still starting.
+    n, name = 6, "reaped"
     log = tmp_path / "coordinator.log"
     coordinator = _spawn_tune(
         log,
         task=SLOW,
         n_trials=n,
-        steps=SLOW_STEPS,
+        steps=3 * SLOW_STEPS,
         storage=storage,
         study_name=name,
         workers=2,

@@ -136,10 +136,13 @@ def test_a_damaged_record_mid_file_is_one_clear_error(tmp_path):
 
 
 # -- a full disk -----------------------------------------------------------------------------
-def test_a_write_that_fails_for_a_full_disk_is_undone_and_reported(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fidelity", [False, True], ids=["full-length", "brackets"])
+def test_a_write_that_fails_for_a_full_disk_is_undone_and_reported(tmp_path, monkeypatch, fidelity):
     """Simulated: the write gets half a record out, then ENOSPC (what a full disk does)."""
     path, name = str(tmp_path / "study.journal"), "full"
-    tune(FAST, n_trials=1, steps=5, storage=path, study_name=name, baselines=False, **COMMON)
+    kw = dict(steps=30, storage=path, study_name=name, baselines=False)
+    kw |= {**COMMON, "fidelity": fidelity}
+    tune(FAST, n_trials=1, **kw)
     before = Path(path).read_bytes()
     real = journal._write_all
 
@@ -149,12 +152,15 @@ def test_a_write_that_fails_for_a_full_disk_is_undone_and_reported(tmp_path, mon
 
     monkeypatch.setattr(journal, "_write_all", half_then_full)
     with pytest.raises(autoclip.StorageError, match="disk is full") as info:
-        tune(FAST, n_trials=2, steps=5, storage=path, study_name=name, baselines=False, **COMMON)
+        tune(FAST, n_trials=3, **kw)
     assert "\n" not in str(info.value) and "AssertionError" not in str(info.value)
     assert Path(path).read_bytes() == before  # the half record was undone
     monkeypatch.setattr(journal, "_write_all", real)
-    tune(FAST, n_trials=2, steps=5, storage=path, study_name=name, baselines=False, **COMMON)
-    assert len(_complete(path, name)) == 2
+    tune(FAST, n_trials=3, **kw)
+    store = optuna.storages.JournalStorage(JournalFileBackend(path))
+    trials = optuna.load_study(study_name=name, storage=store).trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 3  # brackets stop some trials at a rung: pruned, not failed
 
 
 @pytest.fixture
@@ -401,3 +407,36 @@ def test_a_study_whose_every_trial_diverged_says_so_and_chooses_nothing(tmp_path
     result = json.loads((out / "result.json").read_text())
     assert result["chosen"] is None and "diverged" in result["warning"]
     assert all(t["diverged"] for t in result["trials"] if t["state"] == "COMPLETE")
+
+
+def test_a_journal_lock_held_forever_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    """Another process holds the journal's lock and never lets go (stopped with Ctrl-Z, say):
+    opening the journal gives up after the lock's deadline, with one line naming the lock."""
+    import time
+
+    path = tmp_path / "s.journal"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            "f = open(sys.argv[1], 'a')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(120)\n",
+            str(path) + ".flock",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(journal, "LOCK_TIMEOUT", 1.0)
+        start = time.monotonic()
+        with pytest.raises(autoclip.StorageError, match="journal lock") as info:
+            tune(FAST, n_trials=1, storage=str(path), baselines=False, **COMMON)
+        assert time.monotonic() - start < 30
+        assert "\n" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -88,13 +88,16 @@ class Bracket:
             self._decide_all()
             self._cond.notify_all()
 
-    def at_rung(self, key: int, rung: int, curve: Sequence[tuple[int, float]]) -> bool:
-        """Report ``curve`` at rung ``rung``; True when the trial continues (its turn again).
+    def at_rung(
+        self, key: int, rung: int, curve: Sequence[tuple[int, float]], clipped: float = 0.0
+    ) -> bool:
+        """Report ``curve`` at rung ``rung`` (and the fraction of steps ``clipped`` so far);
+        True when the trial continues (its turn again).
 
         A member not promoted stays paused until the bracket is settled (every other member
         ended or paused too), then is pruned: until then it may replace a failed one.
         """
-        scores = partial_objectives(curve, self.plan.steps)
+        scores = partial_objectives(curve, self.plan.steps, clipped)
         state = _rng_state()
         with self._cond:
             self._arrived[rung][key] = scores

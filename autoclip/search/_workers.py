@@ -46,17 +46,17 @@ def _fail_dead(
     ``dead``: process ids known to be dead (a coordinator's children, seen by their handles).
     ``watcher``: the process that watches this process's sibling workers by their handles
     (the coordinator); a zombie it is the parent of is left to it. Returns the trials it
-    failed (-1 stands for any the heartbeat check failed), so the caller reads them again.
+    failed, so the caller reads them again.
     """
     # Unconditionally: Optuna wraps an RDBStorage in a cache, so an isinstance check never
     # matched, and a worker waiting on a dead worker's trial waited forever. Storages without
     # heartbeats make this a no-op.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        failed = [-1] if optuna.storages.fail_stale_trials(study) else []
+        optuna.storages.fail_stale_trials(study)  # and retried by the storage's callback
     host = socket.gethostname()
-    parent = {t.number: _retry_of(t) for t in trials}
     now = datetime.datetime.now()
+    suspects = []
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
@@ -72,10 +72,21 @@ def _fail_dead(
             continue
         elif pid not in dead and pid_alive(pid, watcher):
             continue
+        suspects.append(t.number)
+    if not suspects:
+        return []
+    # Read again: the heartbeat check above, or another worker, may have failed (and retried)
+    # some of them since ``trials`` was read.
+    trials = study.get_trials(deepcopy=False)
+    parent = {t.number: _retry_of(t) for t in trials}
+    failed = []
+    for t in trials:
+        if t.number not in suspects or t.state != TrialState.RUNNING:
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                study.tell(t.number, state=TrialState.FAIL)  # raises if no longer running
         except Exception:  # another process got there first
             continue
         failed.append(t.number)
@@ -127,7 +138,8 @@ def _objective(
             return
         if single and math.isfinite(loss):
             trial.report(loss, step + 1)
-        go = bracket.at_rung(trial.number, k, curve)
+        steps_so_far = max(1, int(clipper.steps))
+        go = bracket.at_rung(trial.number, k, curve, float(clipper.clipped) / steps_so_far)
         rec["rungs"].append([step + 1, loss, bracket.scores(trial.number)[-1][0]])
         if not go:
             rec["steps_run"] = step + 1
@@ -189,9 +201,9 @@ def _run_worker(
             rec["reason"] = "interrupted (KeyboardInterrupt)"
             interrupted.append(trial)
             raise
-        except StorageError:
+        except StorageError as exc:
             rec = None  # the storage cannot be written (a full disk): recording would fail too
-            raise
+            raise _StorageFailed(exc) from None
         except optuna.TrialPruned as exc:
             rec["reason"] = str(exc) or "pruned"
             raise
@@ -203,8 +215,11 @@ def _run_worker(
                 failed = rec is None or rec.get("diverged") or rec.get("objectives") is None
                 bracket.leave(trial.number, failed=bool(failed) and "rungs" in (rec or {}))
             if rec is not None:
-                # the one write of what it found, in strict JSON (inf objectives included)
-                trial.set_user_attr(ATTR + "trial", serialize.encode(rec))
+                try:
+                    # the one write of what it found, in strict JSON (inf objectives included)
+                    trial.set_user_attr(ATTR + "trial", serialize.encode(rec))
+                except StorageError as exc:
+                    raise _StorageFailed(exc) from None
 
     def requeue_interrupted() -> None:
         # Optuna has marked the trials failed; the budget is the user's, not the
@@ -239,6 +254,8 @@ def _run_worker(
                 bracket = Bracket(size, plan, pareto=settings.mode == "pareto")
                 with _interrupts_to(bracket):
                     _run_bracket(study, lambda t, b=bracket: objective(t, b), size)
+            except _StorageFailed as exc:
+                raise exc.args[0] from None
             except AssertionError as exc:
                 raise _storage_failure(exc) from None
             if bracket.interrupted:
@@ -272,6 +289,15 @@ def _still_running(running: list[FrozenTrial], waited: float) -> str:
         "they are still marked running: rerun later to collect them, or stop those processes "
         "(their trials are then retried)"
     )
+
+
+class _StorageFailed(BaseException):
+    """A :class:`StorageError` inside a trial (a full disk), carried out of ``optimize``.
+
+    Not an ``Exception``: Optuna would treat it as the trial failing, log its traceback and
+    try to write the failure to the very storage that cannot be written. The trial stays
+    running in the storage, and the rerun fails and retries it as a dead worker's.
+    """
 
 
 def _storage_failure(exc: BaseException) -> BaseException:
