@@ -20,14 +20,17 @@ clipped"). Each race
   or ten non-finite gradients in a row: :mod:`autoclip.divergence`'s rule, with a lower
   factor).
 
-Scoring. A race scores the mean training loss of its last quarter (lower is better; the
+Scoring. A race scores the median training loss of its last quarter (lower is better; the
 batches are the same for every candidate); a loss spike (a loss above twice the median of
 the previous ``SPIKE_WINDOW`` steps, and above it by 5 % of the first loss) adds
-``SPIKE_PENALTY`` x its excess; a diverged race scores +inf. The choice is the **smallest**
-threshold whose score is within ``TIE`` of the best one's progress (``(first - best) * TIE``):
-a short race favours large steps (as in ``lr_find``, where the minimum of the curve is too
-high a learning rate), and a threshold that is as good over the race while clipping harder
-is the safer one over a whole run. When the lowest candidate wins, or every race diverges,
+``SPIKE_PENALTY`` x its excess; a diverged race scores +inf. Races whose score is within
+``TIE`` of the best one's (5 % of the progress it made, and at most 5 % of its loss level)
+are ties, and among ties the choice is the one nearest the anchor: where the races show no
+difference, nothing argues for moving away from the typical norm. (A first version sent
+ties to the smallest threshold, on the ``lr_find`` argument that short races favour big
+steps; under Adam, where the threshold hardly changes a short race, that picked thresholds
+1000x below the typical norm and lost on lstm_adding: ``studies/results/suggest_round1.md``.)
+When the lowest candidate wins, or every race diverges,
 the ladder is extended one rung down (every race diverged: a decade down, again, while the
 budget lasts; a diverged race stops within a few steps); then one more race halfway (in log)
 between the choice and the rung below it refines the answer to a factor of 10**0.25 = 1.8.
@@ -74,7 +77,7 @@ MAX_RACES = 3 * RACES  # when races diverge within a few steps, more of them fit
 SYNC_EVERY = 10
 TAIL = 0.25  # the race's "end": its last quarter
 TAIL_MEDIAN = True
-TIE = 0.05  # within 5 % of the best race's progress counts as a tie, and ties go low
+TIE = 0.05  # within 5 % of the best race's progress (and loss level) counts as a tie
 SPIKE_WINDOW = 10
 SPIKE_FACTOR = 2.0
 SPIKE_MIN_JUMP = 0.05
@@ -295,7 +298,7 @@ def _score(race: _Race, spikes: list[int]) -> float:
     return level + penalty
 
 
-def _choose(thresholds, scores, first_loss) -> int | None:
+def _choose(thresholds, scores, first_loss, anchor) -> int | None:
     finite = [i for i, s in enumerate(scores) if math.isfinite(s)]
     if not finite:
         return None
@@ -304,7 +307,9 @@ def _choose(thresholds, scores, first_loss) -> int | None:
     # 5 % of the progress made, but never more than 5 % of the loss level itself: a race that
     # ends 3x higher than the best is no tie, however far both came down.
     ok = [i for i in finite if scores[i] <= scores[best] + TIE * min(progress, abs(scores[best]))]
-    return min(ok, key=lambda i: thresholds[i])
+    # Among ties the races show no difference, so nothing argues for moving away from the
+    # typical norm: the tie nearest the anchor (in log), the lower one if two are as near.
+    return min(ok, key=lambda i: (abs(math.log(thresholds[i] / anchor)), thresholds[i]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +384,7 @@ def measure_response(
         ordered = sorted(races)
         scores = [_score(races[c], _spikes(races[c].losses)) for c in ordered]
         first = float(np.median([r.losses[0] for r in races.values() if r.losses]))
-        return _choose(ordered, scores, first)
+        return _choose(ordered, scores, first, anchor)
 
     try:
         pick = run(ladder(anchor))
