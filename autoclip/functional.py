@@ -52,8 +52,13 @@ def _as_list(parameters: Tensor | Iterable[Tensor]) -> list[Tensor]:
 
 def grads_of(parameters: Tensor | Iterable[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     """Split ``parameters`` into (parameters that have a gradient, their gradients)."""
-    params = [p for p in _as_list(parameters) if p.grad is not None]
-    return params, [p.grad for p in params]
+    params, grads = [], []
+    for p in _as_list(parameters):
+        g = p.grad  # one read: .grad is a property, and this runs every step
+        if g is not None:
+            params.append(p)
+            grads.append(g)
+    return params, grads
 
 
 # Gradients in these dtypes are measured in float32: a float16 norm overflows to inf above
