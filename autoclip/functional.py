@@ -45,6 +45,9 @@ __all__ = [
     "zero_nonfinite_",
 ]
 
+# Mean elements per tensor above which the host clamps tensor by tensor (one pass each)
+# instead of with the foreach pair (two passes): measured 2x faster at 360k, slower at 5k.
+_LARGE = 1 << 15
 # torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6); using the same constant keeps
 # NormClip bit-for-bit identical to it.
 NORM_EPS = 1e-6
@@ -58,8 +61,13 @@ def _as_list(parameters: Tensor | Iterable[Tensor]) -> list[Tensor]:
 
 def grads_of(parameters: Tensor | Iterable[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     """Split ``parameters`` into (parameters that have a gradient, their gradients)."""
-    params = [p for p in _as_list(parameters) if p.grad is not None]
-    return params, [p.grad for p in params]
+    params, grads = [], []
+    for p in _as_list(parameters):
+        g = p.grad  # one read: .grad is a property, and this runs every step
+        if g is not None:
+            params.append(p)
+            grads.append(g)
+    return params, grads
 
 
 # Gradients in these dtypes are measured in float32: a float16 norm overflows to inf above
@@ -214,7 +222,10 @@ def clamp_(grads: list[Tensor], clip_value: float, foreach: bool | None = None) 
     """Clamp every element of ``grads`` to ``[-clip_value, clip_value]`` in place."""
     v = float(clip_value)
     for (device, _), group in _by_device_and_dtype(grads).items():
-        if _foreach_ok(device, foreach):
+        # The foreach pair is two passes over memory; one clamp_ per tensor is one. On the
+        # host, foreach ops are loops anyway: the single pass wins once tensors are large.
+        large = device.type == "cpu" and sum(g.numel() for g in group) >= _LARGE * len(group)
+        if _foreach_ok(device, foreach) and not large:
             torch._foreach_clamp_min_(group, -v)
             torch._foreach_clamp_max_(group, v)
         else:

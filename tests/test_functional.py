@@ -263,3 +263,17 @@ def test_agc_never_increases_norm_and_is_idempotent(values, clipping):
     F.agc_(params, clipping)
     for p, g in zip(params, once, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=0)
+
+
+def test_large_tensors_are_clamped_like_torch():
+    """Above F._LARGE elements per tensor the host clamps tensor by tensor; same result."""
+    gen = torch.Generator().manual_seed(0)
+    ours = [nn.Parameter(torch.zeros(300, 200)) for _ in range(2)]
+    ref = [nn.Parameter(torch.zeros(300, 200)) for _ in range(2)]
+    for a, b in zip(ours, ref, strict=True):
+        a.grad = torch.randn(300, 200, generator=gen)
+        b.grad = a.grad.clone()
+    assert ours[0].numel() >= F._LARGE
+    F.clip_grad_value_(ours, 0.5)
+    torch.nn.utils.clip_grad_value_(ref, 0.5)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, ref, strict=True))
