@@ -107,9 +107,7 @@ class Bracket:
             while self._promoted[rung] is None and not self.interrupted:
                 self._cond.wait(0.2)
                 self._decide_all()
-            if key not in (self._promoted[rung] or ()):
-                self._parked.add(key)
-                self._cond.notify_all()
+            if key not in (self._promoted[rung] or ()):  # parked by the decision
                 while not (self.interrupted or key in self._promoted[rung] or self._settled()):
                     self._cond.wait(0.2)
                 self._parked.discard(key)
@@ -175,3 +173,6 @@ class Bracket:
         self._promoted[rung] = list(self._order[rung][: self.keep[rung]])
         for k in self._promoted[rung]:
             self._from[k] = rung
+        # The others pause here, at once (not when their threads next run), so that a
+        # survivor failing right away finds its replacement among them.
+        self._parked |= set(scores) - set(self._promoted[rung])
