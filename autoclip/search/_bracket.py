@@ -6,7 +6,9 @@ member has reached that rung (or ended), then the rung's decision (:func:`_fidel
 says whether it continues or is pruned. The threads are coroutines: training stays serial and
 deterministic, and a paused run keeps its model and optimizer in memory instead of retraining.
 Random-number state is saved at a pause and restored on resuming, so a continued run draws
-what an uninterrupted one would.
+what an uninterrupted one would. The cost of this is memory: every member of a bracket (by
+default 9 models with their optimizers) stays alive until the bracket settles; for a model
+that does not fit nine times, use fewer trials per worker or ``fidelity=False``.
 """
 
 from __future__ import annotations
