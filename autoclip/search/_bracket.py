@@ -6,7 +6,9 @@ member has reached that rung (or ended), then the rung's decision (:func:`_fidel
 says whether it continues or is pruned. The threads are coroutines: training stays serial and
 deterministic, and a paused run keeps its model and optimizer in memory instead of retraining.
 Random-number state is saved at a pause and restored on resuming, so a continued run draws
-what an uninterrupted one would.
+what an uninterrupted one would. The cost of this is memory: every member of a bracket (by
+default 9 models with their optimizers) stays alive until the bracket settles; for a model
+that does not fit nine times, use fewer trials per worker or ``fidelity=False``.
 """
 
 from __future__ import annotations
@@ -107,9 +109,7 @@ class Bracket:
             while self._promoted[rung] is None and not self.interrupted:
                 self._cond.wait(0.2)
                 self._decide_all()
-            if key not in (self._promoted[rung] or ()):
-                self._parked.add(key)
-                self._cond.notify_all()
+            if key not in (self._promoted[rung] or ()):  # parked by the decision
                 while not (self.interrupted or key in self._promoted[rung] or self._settled()):
                     self._cond.wait(0.2)
                 self._parked.discard(key)
@@ -175,3 +175,6 @@ class Bracket:
         self._promoted[rung] = list(self._order[rung][: self.keep[rung]])
         for k in self._promoted[rung]:
             self._from[k] = rung
+        # The others pause here, at once (not when their threads next run), so that a
+        # survivor failing right away finds its replacement among them.
+        self._parked |= set(scores) - set(self._promoted[rung])
