@@ -318,7 +318,9 @@ def test_a_killed_worker_s_trial_is_failed_retried_and_the_study_completes(
     assert len(retries) == 1
     retry = retries[0]
     assert retry.state == TrialState.COMPLETE
-    assert retry.params == killed.params
+    # The same parameters, as stored (the test may have seen the trial between two suggest
+    # calls: a retry of a trial killed there fixes what it had and samples the rest).
+    assert trials[killed.number].params.items() <= retry.params.items()
     if "://" in storage:  # Optuna's heartbeat callback retried it, recording the lineage
         stale_cb = getattr(
             optuna.storages,
@@ -419,7 +421,10 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
     for number, values in done_before.items():
         assert trials[number].values == values
     (retry,) = [t for t in trials.values() if _retry_of(t) == interrupted.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
+    # The parameters as stored: the test may have first seen the trial between two suggest
+    # calls (the strategy written, its threshold not yet).
+    assert retry.state == TrialState.COMPLETE
+    assert trials[interrupted.number].params.items() <= retry.params.items()
     assert retry.number > interrupted.number  # the numbering went on
     if cli:
         result = json.loads((tmp_path / "out" / "result.json").read_text())
@@ -534,7 +539,10 @@ def test_a_local_worker_killed_mid_trial_is_reaped_and_tune_finishes(storage, tm
     trials = {t.number: t for t in _trials(storage, name)}
     assert trials[killed.number].state == TrialState.FAIL
     (retry,) = [t for t in trials.values() if _retry_of(t) == killed.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.state == TrialState.COMPLETE
+    # The same parameters, as stored (the test may have seen the trial between two suggest
+    # calls: a retry of a trial killed there fixes what it had and samples the rest).
+    assert trials[killed.number].params.items() <= retry.params.items()
     assert sum(t.state == TrialState.COMPLETE for t in trials.values()) == n
     assert f"worker process (pid {worker_pid}) died" in log.read_text()
 
