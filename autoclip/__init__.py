@@ -22,7 +22,8 @@ from autoclip.errors import (
     TaskError,
 )
 from autoclip.probe import GradTrace, probe, probe_task
-from autoclip.propose import Candidate, Proposal, SearchSpace, propose, suggest
+from autoclip.propose import Candidate, Proposal, SearchSpace, propose, suggest, suggest_task
+from autoclip.response import ResponseCurve, measure_response
 from autoclip.search import TrialRecord, TuneResult, load_result, suggest_clipper, tune
 from autoclip.stats import GradStats, compute_stats
 from autoclip.task import Task, load_task
@@ -44,6 +45,7 @@ __all__ = [
     "NormClip",
     "Proposal",
     "QuantileClip",
+    "ResponseCurve",
     "SearchSpace",
     "StorageError",
     "Task",
@@ -59,6 +61,7 @@ __all__ = [
     "list_clippers",
     "load_result",
     "load_task",
+    "measure_response",
     "objectives",
     "probe",
     "probe_task",
@@ -67,6 +70,7 @@ __all__ = [
     "report",
     "suggest",
     "suggest_clipper",
+    "suggest_task",
     "train",
     "tune",
 ]

@@ -277,33 +277,43 @@ def tune(
 @main.command()
 @click.argument("target")
 @click.option(
-    "--steps", default=100, show_default=True, type=click.IntRange(min=2), help="Warm-up steps."
+    "--steps",
+    default=None,
+    type=click.IntRange(min=2),
+    help="Warm-up steps (default: a tenth of --budget; 100 with --budget 0).",
+)
+@click.option(
+    "--budget",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Optimizer steps in all: warm-up + measured races (0: statistics only, no races).",
 )
 @_out_option("Where proposal.json and plots go; env AUTOCLIP_OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the proposal as JSON only.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_run
-def probe(target, steps, out_dir, as_json, quiet):
-    """Warm up TARGET, print its gradient statistics and the proposed clipper (fast path).
+def probe(target, steps, budget, out_dir, as_json, quiet):
+    """Measure TARGET's response to the threshold, print the proposed clipper and the stats.
 
-    TARGET is path/to/file.py:name, package.module:name, or a bundled study name.
+    TARGET is path/to/file.py:name, package.module:name, or a bundled study name. The
+    measurement is what ``autoclip.suggest`` does: a short warm-up, then short races of
+    candidate max_norm values from the same start; the response curve is drawn to
+    proposal_response.png.
 
     \b
     Example:
-      autoclip probe digits_mlp --steps 100
-      autoclip probe my_model.py:make_task --json > proposal.json
+      autoclip probe digits_mlp
+      autoclip probe my_model.py:make_task --budget 300 --json > proposal.json
     """
-    from autoclip.probe import probe_task
-    from autoclip.propose import propose
-    from autoclip.stats import compute_stats
+    from autoclip.propose import suggest_task
 
     task = _load(target)
-    progress, close = _progress("warm-up", not (quiet or as_json))
+    progress, close = _progress("measuring", not (quiet or as_json))
     try:
-        trace = probe_task(task, steps=steps, progress=progress)
+        proposal = suggest_task(task, steps, budget=budget, progress=progress)
     finally:
         close()
-    proposal = propose(compute_stats(trace))
     files = report.write_probe_report(proposal, Path(out_dir), prefix="proposal").values()
     if as_json:
         click.echo(proposal.to_json())
@@ -311,6 +321,7 @@ def probe(target, steps, out_dir, as_json, quiet):
         if proposal.stats is not None:
             click.echo(proposal.stats.summary() + "\n")
         click.echo(proposal.summary())
+        _emit(f"{proposal.steps_spent} optimizer steps spent", quiet)
         _emit("wrote " + ", ".join(str(f) for f in files), quiet)
 
 

@@ -543,6 +543,24 @@ class _LayerNorms:
         return layer
 
 
+def _params_of(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The optimizer's parameters that require grad, each once, in group order."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TaskError(
+            f"optimizer must be a torch.optim.Optimizer, but got {type(optimizer).__name__}"
+        )
+    params: list[Tensor] = []
+    seen: set[int] = set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    if not params:
+        raise TaskError("the optimizer has no parameters that require grad")
+    return params
+
+
 def _validate(
     steps: int, safety_clip: float | None, sample_size: int, samples: int, sync_every: int
 ) -> None:
@@ -608,16 +626,7 @@ def probe(
         raise TaskError(
             f"optimizer must be a torch.optim.Optimizer, but got {type(optimizer).__name__}"
         )
-    params: list[Tensor] = []
-    seen: set[int] = set()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    if not params:
-        raise TaskError("the optimizer has no parameters that require grad")
-
+    params = _params_of(optimizer)
     snapshot = _Snapshot(model, optimizer, scaler, params)
     try:
         snapshot.suspend_hooks()

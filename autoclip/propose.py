@@ -1,249 +1,76 @@
-"""Threshold proposals: :class:`GradStats` in, a :class:`Proposal` out; ``suggest`` = probe + it.
+"""Threshold proposals: statistics and a measured response in, a :class:`Proposal` out.
 
-Every threshold is read off the **normal regime of the settled part** of the warm-up (see
-:mod:`autoclip.stats`): the steps after the start-up transient, minus the spikes. The rules:
+``suggest(model, optimizer, loss_fn, batches)`` is the one call before training. It
 
-* **norm** -- ``max_norm`` = the normal regime's **median** (the median of the warm-up's last
-  quarter when the level still drifts). Half of the ordinary steps pass untouched; the larger
-  half, and every spike, are scaled down to the typical size, so no step is ever bigger than
-  an ordinary one. Why so low: the threshold that matters is the one that stops the steps that
-  wreck training, and on the models that need clipping those are not only the rare outliers
-  but the whole upper tail (large gradients go with sharp regions, where a full step
-  overshoots: Zhang et al. 2020, "Why gradient clipping accelerates training"). Thresholds
-  high in the distribution fail there. In a pilot on the ``digits_mlp``, ``lstm_adding`` and
-  ``char_lstm`` studies (two seeds each, run before ``relu_rnn`` was tried), clipping at the
-  normal regime's 99th percentile trained worse than at its median in five runs of six (a
-  tie in the sixth) and the "5-10x the average" rule of thumb (whose average is inflated by
-  the very spikes it should cut) in all six, twice to chance; thresholds from the lower
-  quartile to the median were close to each other and to the best. The summary prints where
-  the rule of thumb would have put the threshold.
-* **value** -- ``clip_value`` = the 99th percentile of the sampled ``|g|`` elements, so a step
-  clamps about 1% of its elements and a spike step many more.
-* **quantile** -- the fraction of settled norms below ``max_norm`` (so the adaptive threshold
-  starts where the fixed one is, about the median), at least 0.1 and at most 0.99;
-  ``window`` keeps at least 20 expected exceedances of that quantile (and 100 to 1000 steps).
-* **zscore** -- ZClip only ever cuts spikes, so its ``z_thresh`` is set on the spikes' side:
-  the z-score of the normal regime's 95th percentile, within [1.5, 4] (ZClip's default 2.5
-  lies in the middle); ZClip's ``alpha``.
-* **agc** -- ``clipping`` = the 90th percentile of the unit-wise ``||G_i|| / ||W_i||`` ratios:
-  a tenth of the weight rows are clipped on an ordinary step.
+1. warms the model up unclipped for a few steps (:func:`autoclip.probe`, ``budget // 10``
+   steps by default) and describes the gradients (:mod:`autoclip.stats`);
+2. races candidate ``max_norm`` thresholds from the caller's own starting state
+   (:func:`autoclip.response.measure_response`, the rest of the budget): the ladder is centred
+   on the warm-up's typical norm, and every race is clipped from its first step, so a model
+   that blows up unclipped is still measured under control;
+3. recommends a norm clip at the measured threshold, and derives the other candidates and
+   the search ranges from the same measurement.
 
-**Early-step bias.** A threshold from the first steps alone is biased (norms usually fall as
-training settles, so it would be too loose; they can also jump when an early blow-up damages
-the model). The proposal copes in four ways: (1) the transient is cut off (only steps from
-``settle_step`` on count, see :mod:`autoclip.stats`); (2) when the settled level still drifts,
-the fixed threshold is taken from the *last* quarter of the warm-up; (3) then, if the model
-shows no spikes, the recommendation is an adaptive (quantile) clipper, which follows the level
-during training; (4) adaptive clippers are warm-started from the settled norms only
-(``warm_norms``), never from the transient. The probe's safety net (:mod:`autoclip.probe`)
-also keeps an early blow-up from wrecking the warm-up the statistics come from.
+Everything is restored afterwards, bit for bit. ``Proposal.steps_spent`` counts the optimizer
+steps of both parts; the default budget is 500 (``suggest(..., budget=...)``).
 
-**Which one is recommended.** A fixed norm clip at the median when the level is steady (there
-is nothing for an adaptive rule to follow); when the level drifts, quantile clipping at about
-the median, warm-started, but only if the warm-up had no spikes: with spikes the model's
-gradients blow up, and a rule that learns its threshold from the run's own norms is dragged up
-by the very blow-ups it should stop (``studies/probe_rnn.py`` shows it on ``relu_rnn``: the
-warm-started quantile candidate against the recommended fixed one), so the threshold stays
-fixed, at the level of the last quarter. When the warm-up itself diverged: a norm clip at the
-median of the norms from before the loss blew up (passed 10x its first value), the only steps
-taken by a model still under control.
+Why measure. Where most steps are clipped, the threshold acts as a step size, and the stable
+one depends on the loss surface and the learning rate, not on the size of the gradients
+during a warm-up that may itself be unstable: a threshold read off warm-up norms (the rule
+before this one: the settled median) did not transfer to models it was not chosen on.
+
+The candidates, from the measurement where it serves:
+
+* **norm** -- ``max_norm`` = the measured threshold.
+* **quantile** -- the fraction of the chosen race's (pre-clip) norms below ``max_norm``, in
+  [0.1, 0.99], warm-started from those norms: it starts at the measured threshold and follows
+  the level during training. ``window`` keeps at least 20 expected exceedances.
+* **zscore** -- ZClip cuts spikes only: ``z_thresh`` is the z-score of ``max_norm`` among the
+  chosen race's norms, within [1.5, 4] (ZClip's default 2.5 lies in the middle).
+* **agc** -- the 90th percentile of the unit-wise ``||G_i|| / ||W_i||`` ratios, scaled by how
+  far the measured threshold lies below the typical norm (``max_norm / anchor``, at most 1).
+* **value** -- the 99th percentile of the sampled ``|g|`` elements, scaled the same way.
+
+Without a measurement (``propose(stats)`` alone, or ``suggest(..., budget=0)``), the
+candidates fall back to the statistics: ``max_norm`` at the normal regime's median (the median
+of the last quarter when the level drifts, of the steps before the blow-up when the warm-up
+diverged). That value is also the anchor the measurement's ladder is centred on.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from autoclip.clippers import BaseClipper, create_clipper, list_clippers
 from autoclip.errors import ConfigError
-from autoclip.probe import GradTrace, _decode_floats, _encode, _tuples, probe
+from autoclip.probe import GradTrace, _get_rng, _set_rng, probe
+from autoclip.proposal import STRATEGIES, Candidate, Proposal, SearchSpace, _fmt
+from autoclip.response import RACES, ResponseCurve, measure_response
 from autoclip.stats import GradStats, compute_stats
 
-__all__ = ["Candidate", "Proposal", "SearchSpace", "propose", "suggest"]
+__all__ = [
+    "Candidate",
+    "Proposal",
+    "SearchSpace",
+    "anchor_norm",
+    "propose",
+    "suggest",
+    "suggest_task",
+]
 
-STRATEGIES = ("norm", "value", "quantile", "zscore", "agc")
 # ZClip's published defaults.
 ZSCORE_ALPHA = 0.97
 ZSCORE_WARMUP = 25
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One clipper setting: ``create_clipper(strategy, **params)``, and why."""
-
-    strategy: str
-    params: dict[str, Any]
-    reason: str
-
-    def __post_init__(self) -> None:
-        names = [c.name for c in list_clippers()]
-        if self.strategy not in names:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {names}")
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """``{"name": strategy, **params}``, the form ``clipper.config`` takes."""
-        return {"name": self.strategy, **self.params}
-
-    def clipper(self) -> BaseClipper:
-        """A fresh (not warm-started) clipper."""
-        return create_clipper(self.strategy, **self.params)
-
-    def describe(self) -> str:
-        args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
-        return f"{self.strategy}({args})"
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """Ranges for the Optuna search; ``norm``, ``value`` and ``agc`` are sampled log-uniformly.
-
-    ``norm``: ``max_norm``; ``value``: ``clip_value``; ``quantile``: the quantile;
-    ``z_thresh``: ZClip's threshold; ``agc``: AGC's ``clipping`` ratio; ``strategies``: the
-    strategies to search, the recommended one first.
-    """
-
-    norm: tuple[float, float]
-    value: tuple[float, float]
-    quantile: tuple[float, float]
-    z_thresh: tuple[float, float]
-    agc: tuple[float, float]
-    strategies: tuple[str, ...] = STRATEGIES
-
-    def __post_init__(self) -> None:
-        for name in ("norm", "value", "quantile", "z_thresh", "agc"):
-            low, high = getattr(self, name)
-            if not (0 < low <= high and math.isfinite(high)):
-                raise ConfigError(
-                    f"SearchSpace.{name}: `0 < low <= high` must hold, but got "
-                    f"low={low!r}, high={high!r}"
-                )
-        if not (0 < self.quantile[1] < 1):
-            raise ConfigError(f"SearchSpace.quantile must lie in (0, 1), but got {self.quantile}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) for k, v in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """The recommended clipper, a candidate for every strategy, and the search ranges."""
-
-    recommended: Candidate
-    reason: str
-    candidates: tuple[Candidate, ...]
-    space: SearchSpace
-    warm_norms: tuple[float, ...] = ()
-    stats: GradStats | None = field(default=None, compare=False)
-
-    def candidate(self, strategy: str) -> Candidate:
-        """The candidate for ``strategy`` (a registry name)."""
-        for c in self.candidates:
-            if c.strategy == strategy:
-                return c
-        raise ConfigError(
-            f"no candidate for strategy {strategy!r}; this proposal has "
-            f"{[c.strategy for c in self.candidates]}"
-        )
-
-    def clipper(self, candidate: Candidate | str | None = None) -> BaseClipper:
-        """A ready clipper: the recommended one by default, or a candidate / strategy name.
-
-        Adaptive clippers (quantile, zscore) come warm-started from ``warm_norms``, so they
-        clip from the first training step instead of learning from scratch.
-        """
-        if candidate is None:
-            candidate = self.recommended
-        elif isinstance(candidate, str):
-            candidate = self.candidate(candidate)
-        elif not isinstance(candidate, Candidate):
-            raise ConfigError(
-                f"candidate must be a Candidate, a strategy name or None, but got {candidate!r}"
-            )
-        clip = candidate.clipper()
-        if clip.adaptive and self.warm_norms:
-            clip.warm_start(list(self.warm_norms))
-        return clip
-
-    # -- serialisation --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "recommended": asdict(self.recommended),
-            "reason": self.reason,
-            "candidates": [asdict(c) for c in self.candidates],
-            "space": self.space.as_dict(),
-            "warm_norms": list(self.warm_norms),
-            "stats": None if self.stats is None else self.stats.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Proposal:
-        unknown = set(d) - {"recommended", "reason", "candidates", "space", "warm_norms", "stats"}
-        if unknown:
-            raise ConfigError(f"Proposal.from_dict got unknown fields {sorted(unknown)}")
-        space = dict(d["space"])
-        return cls(
-            recommended=_candidate(d["recommended"]),
-            reason=d["reason"],
-            candidates=tuple(_candidate(c) for c in d["candidates"]),
-            space=SearchSpace(
-                **{
-                    k: _tuples(v) if k == "strategies" else _decode_floats(v)
-                    for k, v in space.items()
-                }
-            ),
-            warm_norms=_decode_floats(d.get("warm_norms", ())),
-            stats=None if d.get("stats") is None else GradStats.from_dict(d["stats"]),
-        )
-
-    def to_json(self, **kw: Any) -> str:
-        return json.dumps(_encode(self.to_dict()), allow_nan=False, **kw)
-
-    @classmethod
-    def from_json(cls, text: str) -> Proposal:
-        return cls.from_dict(json.loads(text))
-
-    # -- report ---------------------------------------------------------------------------------
-    def summary(self) -> str:
-        """A short human report: the recommendation, the candidates, the search ranges."""
-        lines = [f"Recommended: {self.recommended.describe()}", f"  {self.reason}"]
-        lines.append("Candidates:")
-        for c in self.candidates:
-            lines.append(f"  {c.describe():<44} {c.reason}")
-        s = self.space
-        lines.append(
-            "Search ranges: "
-            f"max_norm {_fmt(s.norm[0])}-{_fmt(s.norm[1])}, "
-            f"clip_value {_fmt(s.value[0])}-{_fmt(s.value[1])}, "
-            f"quantile {_fmt(s.quantile[0])}-{_fmt(s.quantile[1])}, "
-            f"z_thresh {_fmt(s.z_thresh[0])}-{_fmt(s.z_thresh[1])}, "
-            f"agc {_fmt(s.agc[0])}-{_fmt(s.agc[1])}"
-        )
-        if self.stats is not None:
-            st = self.stats
-            lines.append(
-                f"Rule of thumb for comparison: 5-10x the mean norm = "
-                f"{_fmt(5 * st.mean)}-{_fmt(10 * st.mean)}"
-            )
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary()
-
-
-def _candidate(d: dict[str, Any]) -> Candidate:
-    return Candidate(strategy=d["strategy"], params=dict(d["params"]), reason=d["reason"])
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+# Optimizer steps of suggest() in all: small enough to call before every training run.
+BUDGET = 500
+MIN_RACE_BUDGET = RACES  # one step per race at least
 
 
 def _sig(x: float, digits: int = 2) -> float:
@@ -260,13 +87,123 @@ def _positive(x: float, fallback: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # The rules
 # ---------------------------------------------------------------------------------------------
-def propose(stats: GradStats | GradTrace) -> Proposal:
-    """A :class:`Proposal` from warm-up statistics (or a trace, whose statistics it computes)."""
+def propose(
+    stats: GradStats | GradTrace,
+    response: ResponseCurve | None = None,
+    *,
+    steps_spent: int | None = None,
+) -> Proposal:
+    """A :class:`Proposal` from warm-up statistics (or a trace) and, when given, a measurement.
+
+    With ``response`` (from :func:`autoclip.response.measure_response`) the recommendation is
+    the measured threshold; without it, the statistics' fallback (see the module docstring).
+    ``steps_spent`` defaults to the warm-up's steps plus the measurement's.
+    """
     if isinstance(stats, GradTrace):
         stats = compute_stats(stats)
     if not isinstance(stats, GradStats):
         raise ConfigError(f"propose needs GradStats or a GradTrace, but got {type(stats).__name__}")
-    st = stats
+    if response is not None and not isinstance(response, ResponseCurve):
+        raise ConfigError(f"response must be a ResponseCurve, but got {type(response).__name__}")
+    base = _from_stats(stats)
+    if steps_spent is None:
+        steps_spent = stats.steps + (response.steps_spent if response is not None else 0)
+    if response is None:
+        return dataclasses.replace(base, steps_spent=steps_spent)
+    return _measured(base, stats, response, steps_spent)
+
+
+def anchor_norm(stats: GradStats) -> float:
+    """The typical warm-up norm the measurement's ladder is centred on (1.0 if there is none)."""
+    max_norm = _from_stats(stats).candidate("norm").params["max_norm"]
+    return max_norm if math.isfinite(max_norm) and max_norm > 0 else 1.0
+
+
+def _measured(base: Proposal, st: GradStats, r: ResponseCurve, steps_spent: int) -> Proposal:
+    c = r.chosen
+    # The chosen race's norms after its first quarter: what training at c sees once started.
+    norms = np.asarray(r.chosen_norms[len(r.chosen_norms) // 4 :] or r.chosen_norms, float)
+    norms = norms[np.isfinite(norms)]
+    scale = min(1.0, c / r.anchor)  # how far below the typical norm the measured clip lies
+    norm = Candidate("norm", {"max_norm": c}, "measured: " + r.describe())
+    below = float((norms <= c).mean()) if norms.size else 0.5
+    q = float(np.clip(round(below, 2), 0.1, 0.99))
+    window = int(np.clip(math.ceil(20 / (1 - q)), 100, 1000))
+    quantile = Candidate(
+        "quantile",
+        {"quantile": q, "window": window},
+        f"{q:.0%} of the chosen race's norms were below max_norm={_fmt(c)}: warm-started from "
+        "them, it starts at the measured threshold and follows the level",
+    )
+    sd = float(np.std(norms, ddof=1)) if norms.size >= 2 else 0.0
+    z_raw = (c - float(norms.mean())) / sd if sd > 0 else 2.5
+    z = float(np.clip(round(z_raw, 1), 1.5, 4.0))
+    zscore = Candidate(
+        "zscore",
+        {
+            "z_thresh": z,
+            "alpha": ZSCORE_ALPHA,
+            "warmup_steps": max(1, min(ZSCORE_WARMUP, norms.size)),
+        },
+        f"max_norm={_fmt(c)} is {z_raw:.1f} standard deviations from the chosen race's mean norm"
+        + (
+            "; ZClip only cuts spikes, so z_thresh stays in [1.5, 4]"
+            if z != round(z_raw, 1)
+            else ""
+        ),
+    )
+    how = (
+        ""
+        if scale == 1.0
+        else f", times {_fmt(_sig(scale))} (the measured max_norm / the median norm)"
+    )
+    if math.isfinite(st.values.p99) and st.values.p99 > 0:
+        value = Candidate(
+            "value",
+            {"clip_value": _sig(st.values.p99 * scale)},
+            base.candidate("value").reason + how,
+        )
+    else:
+        value = Candidate(
+            "value",
+            {"clip_value": c},
+            "no |g| elements were sampled (the warm-up stopped early): the measured max_norm",
+        )
+    if math.isfinite(st.agc_ratios.p90) and st.agc_ratios.p90 > 0:
+        agc = Candidate(
+            "agc",
+            {"clipping": _sig(st.agc_ratios.p90 * scale)},
+            base.candidate("agc").reason + how,
+        )
+    else:
+        agc = Candidate(
+            "agc",
+            {"clipping": 0.01},
+            "no unit ratios were sampled (the warm-up stopped early): the NFNets value 0.01",
+        )
+    order = STRATEGIES
+    space = _space(st, c, value.params["clip_value"], q, z, agc.params["clipping"], order)
+    # The races' divergences and spikes are in describe(); the notes add where the choice sits.
+    notes = "; ".join(n for n in r.notes if not n.startswith("max_norm "))
+    reason = (
+        f"Measured ({r.steps_spent} steps of races after a {st.steps}-step warm-up): "
+        f"{r.describe()}." + (f" Notes: {notes}." if notes else "")
+    )
+    by_name = {"norm": norm, "value": value, "quantile": quantile, "zscore": zscore, "agc": agc}
+    return Proposal(
+        recommended=norm,
+        reason=reason,
+        candidates=tuple(by_name[s] for s in order),
+        space=space,
+        warm_norms=tuple(float(v) for v in norms),
+        stats=st,
+        response=r,
+        steps_spent=steps_spent,
+    )
+
+
+def _from_stats(st: GradStats) -> Proposal:
+    """The statistics-only proposal: the fallback, and the anchor of the measurement."""
     warm = st.settled_norms
     settled = np.asarray(warm, dtype=float)
     level = _positive(st.end_level, st.median)
@@ -423,14 +360,85 @@ def suggest(
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
     batches: Iterable[Any],
-    steps: int = 100,
+    steps: int | None = None,
+    *,
+    budget: int = BUDGET,
     **probe_kw: Any,
 ) -> Proposal:
-    """The one call before training: probe, statistics, proposal.
+    """The one call before training: warm-up, statistics, measured races, proposal.
 
     ``suggest(model, optimizer, loss_fn, batches).clipper().attach(optimizer)`` and train;
-    the model, optimizer and random state are left exactly as they were. Keyword arguments
-    go to :func:`autoclip.probe` (``scaler=``, ``safety_clip=``, ``progress=``...).
+    the model, optimizer, scaler and random state are left exactly as they were.
+
+    Args:
+        loss_fn: ``(model, batch) -> scalar tensor``, the training loss of one batch.
+        batches: a re-iterable (list, DataLoader) or an iterator (read once; the batches
+            the measurement needs are kept in memory).
+        steps: warm-up steps (default ``budget // 10``); the rest of ``budget`` goes to the
+            races.
+        budget: optimizer steps in all (warm-up + races; 500 by default). ``budget=0``
+            skips the races and proposes from the warm-up statistics alone (``steps`` 100).
+        **probe_kw: to :func:`autoclip.probe` (``scaler=``, ``safety_clip=``,
+            ``progress=``...); ``scaler`` and ``progress`` are used by the races too.
     """
-    trace = probe(model, optimizer, loss_fn, batches, steps, **probe_kw)
-    return propose(compute_stats(trace))
+    if not (isinstance(budget, int) and budget >= 0):
+        raise ConfigError(f"`budget` must be an int >= 0 optimizer steps, but got {budget!r}")
+    if steps is None:
+        steps = max(10, budget // 10) if budget else 100
+    if not budget:
+        return propose(probe(model, optimizer, loss_fn, batches, steps, **probe_kw))
+    race_budget = budget - steps
+    if race_budget < MIN_RACE_BUDGET:
+        raise ConfigError(
+            f"`budget` ({budget}) must leave at least {MIN_RACE_BUDGET} steps for the races after "
+            f"the {steps}-step warm-up; raise budget or lower steps (or budget=0: no races)"
+        )
+    if isinstance(batches, Iterator):  # read once: keep what both parts need
+        batches = list(itertools.islice(batches, max(steps, race_budget)))
+    progress = probe_kw.pop("progress", None)
+    rng = _get_rng(set())  # the statistics' first import of scikit-learn draws from `random`
+    try:
+        trace = probe(
+            model,
+            optimizer,
+            loss_fn,
+            batches,
+            steps,
+            progress=None if progress is None else (lambda done, _: progress(done, budget)),
+            **probe_kw,
+        )
+        stats = compute_stats(trace)
+        curve = measure_response(
+            model,
+            optimizer,
+            loss_fn,
+            batches,
+            anchor_norm(stats),
+            budget=race_budget,
+            scaler=probe_kw.get("scaler"),
+            progress=None if progress is None else (lambda done, _: progress(steps + done, budget)),
+        )
+    finally:
+        _set_rng(rng)
+    return propose(stats, curve)
+
+
+def suggest_task(
+    task: Any, steps: int | None = None, *, budget: int = BUDGET, **kw: Any
+) -> Proposal:
+    """:func:`suggest` on a fresh model and optimizer from ``task.build()`` (its own seed).
+
+    ``task`` is a :class:`autoclip.Task` or a target for :func:`autoclip.load_task`; the
+    global random state is restored afterwards. Keyword arguments go to :func:`suggest`.
+    """
+    from autoclip.task import load_task
+
+    task = load_task(task)
+    rng = _get_rng(set())
+    try:
+        model, optimizer = task.build()
+        return suggest(
+            model, optimizer, task.compute_loss, task.batches, steps, budget=budget, **kw
+        )
+    finally:
+        _set_rng(rng)

@@ -23,7 +23,9 @@ __all__ = [
     "markdown_table",
     "plot_layers",
     "plot_norms",
+    "plot_response",
     "proposal_markdown",
+    "response_markdown",
     "stats_markdown",
     "write_json",
     "write_probe_report",
@@ -85,12 +87,16 @@ def stats_markdown(stats: GradStats) -> str:
     lines.append(
         markdown_table(
             ["", "p50", "p75", "p90", "p95", "p99", "max"],
-            [
-                ["all steps", s.p50, s.p75, s.p90, s.p95, s.p99, s.max],
-                [f"settled (step {s.settle_step}+)", *_pcts(s.settled)],
-                ["normal regime", *_pcts(s.normal)],
-                ["abs(g) elements", *_pcts(s.values)],
-                ["AGC unit ratios", *_pcts(s.agc_ratios)],
+            [  # a row with no finite value (e.g. nothing sampled before an early stop) is left out
+                row
+                for row in [
+                    ["all steps", s.p50, s.p75, s.p90, s.p95, s.p99, s.max],
+                    [f"settled (step {s.settle_step}+)", *_pcts(s.settled)],
+                    ["normal regime", *_pcts(s.normal)],
+                    ["abs(g) elements", *_pcts(s.values)],
+                    ["AGC unit ratios", *_pcts(s.agc_ratios)],
+                ]
+                if any(math.isfinite(v) for v in row[1:])
             ],
         )
     )
@@ -146,9 +152,42 @@ def proposal_markdown(proposal: Proposal) -> str:
         f"z_thresh {_num(p.space.z_thresh[0])}-{_num(p.space.z_thresh[1])}, "
         f"agc {_num(p.space.agc[0])}-{_num(p.space.agc[1])}.",
     ]
+    if p.response is not None:
+        lines += ["", response_markdown(p)]
     if p.stats is not None:
         lines += ["", stats_markdown(p.stats)]
     return "\n".join(lines)
+
+
+def response_markdown(proposal: Proposal) -> str:
+    """The measured races as Markdown: one row per threshold, the chosen one in bold."""
+    r = proposal.response
+    if r is None:
+        return ""
+    rows = []
+    for i, c in enumerate(r.thresholds):
+        mark = "**" if i == r.chosen_index else ""
+        rows.append(
+            [
+                f"{mark}{_num(c)}{mark}",
+                "diverged" if r.diverged[i] else _num(r.scores[i]),
+                len(r.losses[i]),
+                ", ".join(str(t) for t in r.spikes[i][:5]) or "-",
+                f"{r.clipped[i]:.0%}",
+            ]
+        )
+    return "\n".join(
+        [
+            f"### Measured response ({r.steps_spent} steps of races; "
+            f"{proposal.steps_spent} optimizer steps in all)",
+            "",
+            markdown_table(
+                ["max_norm", "last-quarter loss", "steps run", "loss spikes at", "clipped"], rows
+            ),
+            "",
+            *[f"- {n}" for n in r.notes],
+        ]
+    )
 
 
 def _norm_thresholds(proposal: Proposal | None, stats: GradStats) -> list[tuple[str, float, str]]:
@@ -265,12 +304,59 @@ def plot_layers(
     return fig
 
 
+def plot_response(proposal: Proposal, *, path: str | Path | None = None) -> Any:
+    """The response curve, as ``lr_find`` draws it: race loss against max_norm (log x).
+
+    Left: each race's last-quarter loss against its threshold, the chosen one marked, the
+    diverged ones as crosses at the top. Right: the races' loss curves.
+    """
+    r = proposal.response
+    if r is None:
+        raise TypeError("plot_response needs a Proposal with a measured response (suggest())")
+    Figure = _figure_class()
+    import numpy as np
+
+    fig = Figure(figsize=(10, 3.6))
+    ax, cx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
+    x = np.asarray(r.thresholds, dtype=float)
+    y = np.asarray(r.scores, dtype=float)
+    ok = np.isfinite(y)
+    ax.plot(x[ok], y[ok], "o-", color="tab:blue", label="race loss (last quarter)")
+    top = float(y[ok].max()) * 1.1 if ok.any() else 1.0
+    if (~ok).any():
+        ax.scatter(x[~ok], np.full((~ok).sum(), top), marker="x", color="tab:red", label="diverged")
+    c = r.chosen
+    ax.axvline(c, color="tab:green", ls="--", lw=1.2, label=f"chosen max_norm={_num(c)}")
+    if ok[r.chosen_index]:
+        ax.scatter([c], [y[r.chosen_index]], s=90, facecolors="none", edgecolors="tab:green")
+    ax.set_xscale("log")
+    ax.set_xlabel("max_norm")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"Response to the threshold ({proposal.steps_spent} steps in all)", fontsize=10)
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    from matplotlib import colormaps  # the registry only: no pyplot, no global state
+
+    cmap = colormaps["viridis"]
+    for i, losses in enumerate(r.losses):
+        color = cmap(i / max(1, len(r.losses) - 1))
+        lw = 2.0 if i == r.chosen_index else 0.9
+        cx.plot(np.asarray(losses, dtype=float), color=color, lw=lw, label=_num(r.thresholds[i]))
+    cx.set_xlabel("race step")
+    cx.set_ylabel("training loss")
+    cx.set_title("The races (same start, same batches)", fontsize=10)
+    cx.legend(fontsize=6, title="max_norm", title_fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
 def write_probe_report(
     proposal: Proposal, out_dir: str | Path, *, plots: bool = True, prefix: str = "probe"
 ) -> dict[str, Path]:
     """Write ``{prefix}.json``, ``{prefix}.md`` and (with matplotlib) the two plots.
 
-    Returns the paths written, by kind (``json``, ``markdown``, ``norms``, ``layers``).
+    Returns the paths written, by kind (``json``, ``markdown``, ``norms``, ``layers``, and
+    ``response`` for a measured proposal).
     Plots are skipped silently when matplotlib is not installed.
     """
     out = Path(out_dir)
@@ -288,6 +374,9 @@ def write_probe_report(
         plot_norms(proposal, path=written["norms"])
         written["layers"] = out / f"{prefix}_layers.png"
         plot_layers(proposal, path=written["layers"])
+        if proposal.response is not None:
+            written["response"] = out / f"{prefix}_response.png"
+            plot_response(proposal, path=written["response"])
     return written
 
 

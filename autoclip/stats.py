@@ -206,19 +206,30 @@ class GradStats:
                 f"  blow-up       the loss passed 10x its first value at step {self.blowup_step}"
             )
         lines.append(
-            f"  global norm   p50 {_g(self.p50)}  p90 {_g(self.p90)}  p99 {_g(self.p99)}  "
-            f"max {_g(self.max)}  (mean {_g(self.mean)}, MAD {_g(self.mad)})"
+            _stat_line(
+                "global norm",
+                [("p50", self.p50), ("p90", self.p90), ("p99", self.p99), ("max", self.max)],
+                f"  (mean {_g(self.mean)}, MAD {_g(self.mad)})",
+            )
         )
         lines.append(
-            f"  settled       from step {self.settle_step}: p50 {_g(self.settled.p50)}, "
-            f"p95 {_g(self.settled.p95)}; normal regime p99 {_g(self.normal.p99)}; "
-            f"last quarter p50 {_g(self.end_level)}"
+            _stat_line(
+                "settled",
+                [
+                    ("p50", self.settled.p50),
+                    ("p95", self.settled.p95),
+                    ("normal regime p99", self.normal.p99),
+                    ("last quarter p50", self.end_level),
+                ],
+                prefix=f"from step {self.settle_step}: ",
+            )
         )
         direction = "rise" if self.trend > 0 else "fall"
-        lines.append(
-            f"  trend         norms {direction} {abs(self.trend) * 100:.2g}%/step "
-            f"(last quarter / first quarter: x{_g(self.trend_ratio)})"
-        )
+        if math.isfinite(self.trend):
+            lines.append(
+                f"  trend         norms {direction} {abs(self.trend) * 100:.2g}%/step "
+                f"(last quarter / first quarter: x{_g(self.trend_ratio)})"
+            )
         if self.spike_steps:
             where = ", ".join(str(s) for s in self.spike_steps[:8])
             more = f" (+{len(self.spike_steps) - 8} more)" if len(self.spike_steps) > 8 else ""
@@ -235,14 +246,9 @@ class GradStats:
         else:
             lines.append("  spikes        none")
         lines.append(f"  top layers    {_layer_list(self.top_layers)}")
-        lines.append(
-            f"  |g| values    p50 {_g(self.values.p50)}  p99 {_g(self.values.p99)}  "
-            f"max {_g(self.values.max)}"
-        )
-        lines.append(
-            f"  AGC ratios    p50 {_g(self.agc_ratios.p50)}  p90 {_g(self.agc_ratios.p90)}  "
-            f"p99 {_g(self.agc_ratios.p99)}"
-        )
+        v, a = self.values, self.agc_ratios
+        lines.append(_stat_line("|g| values", [("p50", v.p50), ("p99", v.p99), ("max", v.max)]))
+        lines.append(_stat_line("AGC ratios", [("p50", a.p50), ("p90", a.p90), ("p99", a.p99)]))
         lines.append(f"  loss          {_g(self.loss_start)} -> {_g(self.loss_end)}")
         return "\n".join(lines)
 
@@ -267,9 +273,19 @@ def _layer_list(pairs: tuple[tuple[str, float], ...]) -> str:
     return ", ".join(f"{n} {s:.0%}" for n, s in pairs[:TOP_LAYERS]) or "-"
 
 
+def _stat_line(
+    label: str, pairs: list[tuple[str, float]], suffix: str = "", prefix: str = ""
+) -> str:
+    """``label  name value ...`` with the finite values only; says so when none is finite."""
+    shown = [f"{name} {_g(x)}" for name, x in pairs if x is not None and math.isfinite(x)]
+    if not shown:
+        return f"  {label:<13} not measured (the warm-up ended before any was taken)"
+    return f"  {label:<13} {prefix}" + "  ".join(shown) + (suffix if shown else "")
+
+
 def _g(x: float | None) -> str:
     """Three significant digits, compact."""
-    if x is None:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return f"{x:.3g}"
 

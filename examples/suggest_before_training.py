@@ -1,8 +1,11 @@
 """One call before training: measure the gradients, get a clipper, attach it, train.
 
-``autoclip.suggest`` runs a short warm-up of *your* model with *your* optimizer and data
-(100 steps by default), prints nothing, changes nothing (weights, optimizer state and random
-state are restored exactly), and returns a proposal whose ``clipper()`` is ready to attach.
+``autoclip.suggest`` measures how *your* model, with *your* optimizer and data, responds to
+the clipping threshold: a short warm-up (50 steps), then short races of candidate max_norm
+values from the same start (500 optimizer steps in all by default; ``budget=`` to change).
+It prints nothing, changes nothing (weights, optimizer state and random state are restored
+exactly), and returns a proposal whose ``clipper()`` is ready to attach.
+``loss_fn(model, batch)`` returns the scalar training loss of one batch.
 
 The model here is a deep ReLU MLP without normalisation on scikit-learn's bundled digits,
 trained by SGD with momentum at a high learning rate: the kind of model whose early gradients
@@ -38,15 +41,13 @@ for m in model:
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
-def loss_fn(model, batch):
+def loss_fn(model, batch):  # (model, one item of batches) -> scalar tensor
     inputs, targets = batch
     return nn.functional.cross_entropy(model(inputs), targets)
 
 
 # --- the one call ---------------------------------------------------------------------------
-proposal = autoclip.suggest(model, optimizer, loss_fn, batches, steps=100)
-print(proposal.stats.summary())
-print()
+proposal = autoclip.suggest(model, optimizer, loss_fn, batches)
 print(proposal.summary())
 clipper = proposal.clipper()  # the recommended one; proposal.clipper("zscore") for another
 clipper.attach(optimizer)  # clips before every optimizer.step()
@@ -62,5 +63,6 @@ for epoch in range(10):
     print(f"epoch {epoch}: held-out loss {test_loss:.3f}")
 print(f"clipped {int(clipper.clipped)} of {int(clipper.steps)} steps")
 
-# To keep the report and its plots (needs matplotlib):
+# The warm-up's gradient statistics: print(proposal.stats.summary())
+# To keep the report and its plots, the response curve included (needs matplotlib):
 #   autoclip.report.write_probe_report(proposal, "autoclip-out")

@@ -17,8 +17,8 @@ AutoClip p10        Seetharaman et al. 2020 as published: the 10th percentile of
 ZClip               ``ZScoreClip()`` with ZClip's published defaults
 AGC 0.01            ``AGC(0.01)``, the NFNets value
 5x mean norm        the rule of thumb: ``NormClip(5 * mean norm of the probe's warm-up)``
-suggest             ``autoclip`` probe + proposal on this seed's fresh model (what
-                    ``autoclip.suggest`` returns), warm-started clipper
+suggest             ``autoclip.suggest`` (warm-up + measured races, ``--probe-steps`` of
+                    warm-up) on this seed's fresh model, warm-started clipper
 tune                ``autoclip.tune`` run once per task on a separate seed (``--tune-seed``),
                     so the tuned configuration is judged on seeds it never saw
 ==================  ===========================================================================
@@ -68,7 +68,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEP_MULTIPLES = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16)
-PROBE_STEPS = 100  # autoclip.suggest's default warm-up
+PROBE_STEPS = 50  # autoclip.suggest's default warm-up (a tenth of its 500-step budget)
 TUNE_TRIALS = 16  # the proposal's five candidates first, then eleven TPE trials
 TUNE_SEED = 100  # a seed no evaluation run uses
 MATTERS = 0.05  # clipping "matters" where no clipping is 5 % worse than the best clipped arm
@@ -248,20 +248,17 @@ def _run(
 
 
 def _probe(name: str, seed: int, probe_steps: int) -> Probed:
-    from autoclip.probe import probe_task
-    from autoclip.propose import propose
-    from autoclip.stats import compute_stats
+    from autoclip.propose import suggest_task
 
     cpu = time.process_time()
-    trace = probe_task(build_task(name, seed), probe_steps)
-    stats = compute_stats(trace)
-    proposal = propose(stats)
+    # What autoclip.suggest returns: the warm-up (probe_steps) and the measured races.
+    proposal = suggest_task(build_task(name, seed), probe_steps)
     return Probed(
         recommended=proposal.recommended.config,
         warm_norms=tuple(proposal.warm_norms),
         proposal_max_norm=float(proposal.candidate("norm").params["max_norm"]),
-        mean_norm=float(stats.mean),
-        steps=trace.steps_run,
+        mean_norm=float(proposal.stats.mean),
+        steps=proposal.steps_spent,
         cpu_s=time.process_time() - cpu,
     )
 

@@ -85,6 +85,7 @@ def run_one(name: str, seed: int) -> dict:
         "tune_seconds": tune_s,
         "warning": result.warning,
         "recommended": result.proposal.recommended.describe(),
+        "measured": result.proposal.response is not None,  # issue-10's measured suggest
     }
 
 
@@ -114,7 +115,9 @@ def report(argv_used: str) -> str:
             cost = ", ".join(f"{k} {v}" for k, v in r["tune_cost"].items())
             lines.append(
                 f"- {name} seed {r['seed']}: chose {r['tune_label']} (probe recommended "
-                f"{r['recommended']}); {r['tune_steps']} steps of the grid's {r['grid_steps']} "
+                f"{r['recommended']}, "
+                f"{'measured suggest' if r.get('measured') else 'statistics-only proposal'}); "
+                f"{r['tune_steps']} steps of the grid's {r['grid_steps']} "
                 f"({cost}); {r['tune_seconds']:.0f} s vs the grid's {r['grid_seconds']:.0f} s"
                 + (f"; WARNING {r['warning']}" if r["warning"] else "")
             )

@@ -42,6 +42,18 @@ def test_probe_prints_a_proposal_and_json_parses(run, tmp_path):
     assert (tmp_path / "autoclip-out" / "proposal.json").exists()
 
 
+def test_probe_measures_draws_the_response_curve_and_prints_the_steps(run, tmp_path):
+    res = run("probe", TARGET, "--budget", "100")
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "autoclip-out" / "proposal.json").read_text())
+    assert data["response"]["chosen"] == data["recommended"]["params"]["max_norm"]
+    assert f"{data['steps_spent']} optimizer steps spent" in res.output
+    assert 0 < data["steps_spent"] <= 100
+    assert (tmp_path / "autoclip-out" / "proposal_response.png").stat().st_size > 0
+    res = run("probe", TARGET, "--budget", "0", "--json")
+    assert json.loads(res.output)["response"] is None
+
+
 def test_tune_writes_results_and_a_rerun_resumes(run, tmp_path):
     args = ["tune", TARGET, "--trials", "3", "--steps", "10", "--probe-steps", "5"]
     res = run(*args, "--json")

@@ -120,7 +120,7 @@ def test_probe_restores_everything_bit_for_bit(kind, amp):
     _assert_same(before_model, model.state_dict(), "model")
     _assert_same(before_opt, opt.state_dict(), "optimizer")
     assert opt.param_groups[0]["lr"] == before_opt["param_groups"][0]["lr"]
-    assert [p is q for p, q in zip(params, opt.param_groups[0]["params"], strict=True)]
+    assert all(p is q for p, q in zip(params, opt.param_groups[0]["params"], strict=True))
     for p, g, g_obj in zip(params, before_grads, grad_objects, strict=True):
         assert p.grad is g_obj and torch.equal(p.grad, g)
     assert not model.training and not any(m.training for m in model.modules())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,36 @@ def test_suggest_is_one_call_before_training():
     handle.remove()
     assert int(clip.steps) == 5
     assert float(clip.last_result_.threshold) > 0
+
+
+def _measured_proposal():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)) for _ in range(4)]
+    return suggest(model, opt, _mse, data, budget=200)
+
+
+def test_suggest_recommends_the_measured_threshold_and_derives_the_rest_from_it():
+    p = _measured_proposal()
+    r = p.response
+    assert p.recommended.strategy == "norm" and p.recommended.params["max_norm"] == r.chosen
+    assert p.reason.startswith("Measured") and "max_norm" in p.reason
+    # the quantile clipper's level is the share of the chosen race's norms below max_norm
+    norms = np.asarray(p.warm_norms)
+    q = p.candidate("quantile").params["quantile"]
+    assert q == float(np.clip(round(float((norms <= r.chosen).mean()), 2), 0.1, 0.99))
+    assert p.clipper("quantile").adaptive and len(norms) > 0
+    low, high = p.space.norm
+    assert low <= r.chosen <= high
+
+
+def test_a_measured_proposal_round_trips_and_old_json_still_loads():
+    p = _measured_proposal()
+    back = Proposal.from_json(p.to_json())
+    assert back == p and back.response == p.response and back.steps_spent == p.steps_spent
+    d = json.loads(p.to_json())
+    del d["response"], d["steps_spent"]  # a proposal written before the measurement existed
+    old = Proposal.from_dict(d)
+    assert old.response is None and old.steps_spent == 0

@@ -35,6 +35,37 @@ def test_proposal_markdown_has_recommendation_candidates_and_ranges(proposal):
     assert "Search ranges" in md and "### Gradient statistics" in md
 
 
+@pytest.fixture(scope="module")
+def measured():
+    import torch
+    from torch import nn
+
+    from autoclip import suggest
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)) for _ in range(4)]
+    return suggest(model, opt, lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), data, budget=90)
+
+
+def test_a_measured_proposal_reports_and_draws_its_response(measured, tmp_path):
+    md = report.proposal_markdown(measured)
+    assert "### Measured response" in md
+    assert f"**{report._num(measured.response.chosen)}**" in md
+    assert f"{measured.steps_spent} optimizer steps in all" in md
+    files = report.write_probe_report(measured, tmp_path)
+    assert files["response"].stat().st_size > 0
+    fig = report.plot_response(measured)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    # the chosen point is marked: a vertical line at the chosen threshold
+    assert any(list(line.get_xdata()) == [measured.response.chosen] * 2 for line in ax.get_lines())
+    with pytest.raises(TypeError, match="measured"):
+        report.plot_response(propose(measured.stats))
+
+
 def test_markdown_table():
     table = report.markdown_table(["a", "b"], [[1, 0.123456], ["x", float("nan")]])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| x | - |"]

@@ -188,3 +188,30 @@ def test_relu_rnn_probe_reports_spikes_from_the_recurrent_weights():
     assert st.spike_steps, st.summary()
     assert st.spike_layers[0][0] == "rnn.weight_hh_l0", st.summary()
     assert st.spike_factor > 5
+
+
+def test_a_warm_up_stopped_at_step_8_cites_no_nan_statistic():
+    # Stopped before the first sampled step: no |g| elements and no AGC ratios were taken.
+    trace = make_trace(steps=8)
+    trace = GradTrace(
+        **{
+            **trace.to_dict(),
+            "value_sample": (),
+            "sample_steps": (),
+            "value_counts": (),
+            "agc_ratio_sample": (),
+            "agc_ratio_counts": (),
+            "stopped_early": True,
+            "diverged": True,
+            "reason": "the loss became non-finite (nan) at step 8; the model diverged",
+        }
+    )
+    st = compute_stats(trace)
+    assert math.isnan(st.values.p99) and math.isnan(st.agc_ratios.p90)
+    text = st.summary()
+    assert "nan" not in text.lower().replace("non-finite (nan)", "")
+    assert "|g| values    not measured" in text and "AGC ratios    not measured" in text
+    from autoclip import report
+
+    md = report.stats_markdown(st)
+    assert "abs(g) elements" not in md and "AGC unit ratios" not in md

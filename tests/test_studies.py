@@ -18,8 +18,16 @@ from autoclip.training import train
 STUDIES = sorted(bundled_studies())
 
 
-def test_the_four_benchmark_tasks_are_bundled():
+def test_the_benchmark_tasks_are_bundled():
     assert {"digits_mlp", "lstm_adding", "char_lstm", "tiny_transformer"} <= set(STUDIES)
+    assert {"sgd_transformer", "ar_forecast", "adamw_spiky"} <= set(STUDIES)
+
+
+def test_the_forecasting_series_is_on_a_scale_well_above_one():
+    from autoclip_studies.ar_forecast import series
+
+    y = series()
+    assert float(y.std()) > 10 and abs(float(y.mean()) - 20) < 2
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -46,7 +54,18 @@ def test_study_is_reproducible_from_its_seed(name):
     assert train(a, steps=1).losses == train(b, steps=1).losses
 
 
-@pytest.mark.parametrize("name", ["digits_mlp", "lstm_adding", "char_lstm", "tiny_transformer"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "digits_mlp",
+        "lstm_adding",
+        "char_lstm",
+        "tiny_transformer",
+        "sgd_transformer",
+        "ar_forecast",
+        "adamw_spiky",
+    ],
+)
 def test_held_out_data_does_not_depend_on_the_seed(name):
     module = importlib.import_module(f"autoclip_studies.{name}")
     a, b = module.make_task(seed=0), module.make_task(seed=1)

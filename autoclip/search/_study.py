@@ -14,13 +14,11 @@ import optuna
 
 from autoclip.errors import StorageError
 from autoclip.objectives import NAMES
-from autoclip.probe import probe_task
-from autoclip.propose import Proposal, propose
+from autoclip.propose import MIN_RACE_BUDGET, Proposal, suggest_task
 from autoclip.search._fingerprint import describe_changes
 from autoclip.search._space import _enqueue_params
 from autoclip.search._storage import ATTR
 from autoclip.search._watch import pid_alive
-from autoclip.stats import compute_stats
 from autoclip.task import Task
 
 MODES = ("pareto", "single")
@@ -224,14 +222,17 @@ def _create_if_absent(
         study.set_user_attr(ATTR + "coordinator", coordinator)
         if fingerprint is not None:
             study.set_user_attr(ATTR + "fingerprint", fingerprint)
-        trace = probe_task(task, steps=probe_steps)
-        proposal = propose(compute_stats(trace))
+        # The measured suggestion (warm-up + races of thresholds), within 2/5 of a trial's
+        # length so that probe, measurement, baselines and the bracket stay within a quarter
+        # of a grid.
+        budget = max(probe_steps + MIN_RACE_BUDGET, (2 * settings.steps) // 5)
+        proposal = suggest_task(task, steps=probe_steps, budget=budget)
         strategies = settings.strategies or proposal.space.strategies
         stored = {**settings.key(), "strategies": list(strategies)}
         study.set_user_attr(ATTR + "settings", stored)
         study_id = _id_of(store, study_name)
         store.set_study_system_attr(study_id, ATTR + "proposal", proposal.to_json())
-        spent = getattr(proposal, "steps_spent", 0) or len(trace.norms)  # with a measurement
+        spent = proposal.steps_spent  # warm-up and measurement
         study.set_user_attr(ATTR + "probe_steps", int(spent))
         with warnings.catch_warnings():  # "experimental" since Optuna 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
