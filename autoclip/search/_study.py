@@ -223,8 +223,8 @@ def _create_if_absent(
         if fingerprint is not None:
             study.set_user_attr(ATTR + "fingerprint", fingerprint)
         # The measured suggestion (warm-up + races of thresholds), within 2/5 of a trial's
-        # length, so that probe, measurement, baselines and the bracket stay within a quarter
-        # of a grid (issue-11).
+        # length so that probe, measurement, baselines and the bracket stay within a quarter
+        # of a grid.
         budget = max(probe_steps + MIN_RACE_BUDGET, (2 * settings.steps) // 5)
         proposal = suggest_task(task, steps=probe_steps, budget=budget)
         strategies = settings.strategies or proposal.space.strategies
