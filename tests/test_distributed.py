@@ -359,6 +359,9 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
     where it stopped (no second probe, the proposal reused), and ends with N trials, not 2N.
     On the journal file through ``autoclip tune``, on PostgreSQL through the library."""
     n, name = 2, "resumed"
+    # Four times the usual trial length: the SIGINT must land while the second trial trains,
+    # and on an idle machine a SLOW_STEPS trial can end between the test seeing it and the kill.
+    steps = 4 * SLOW_STEPS
     cli = "://" not in storage
     args = [
         "tune",
@@ -366,7 +369,7 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
         "--trials",
         str(n),
         "--steps",
-        str(SLOW_STEPS),
+        str(steps),
         "--storage",
         storage,
         "--study",
@@ -381,7 +384,7 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
     kwargs = dict(
         task=SLOW,
         n_trials=n,
-        steps=SLOW_STEPS,
+        steps=steps,
         storage=storage,
         study_name=name,
         baselines=False,
@@ -394,16 +397,18 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
     log = tmp_path / "first.log"
     first = run(log)
     _wait_for("a completed trial", lambda: _n_complete(storage, name) >= 1, 120, first, log)
+    # What the study holds before the interrupt is read now, so the kill follows the sight of
+    # a training trial at once.
+    before = _study(storage, name).user_attrs
+    proposal_before = _proposal_of(_store(storage), name)
     interrupted = _wait_for(
         "a trial in training", lambda: _running_in(storage, name, first.pid), 60, first, log
     )
-    before = _study(storage, name).user_attrs
-    proposal_before = _proposal_of(_store(storage), name)
-    done_before = {
-        t.number: t.values for t in _trials(storage, name) if t.state == TrialState.COMPLETE
-    }
     os.kill(first.pid, signal.SIGINT)
     assert _finish(first, log) != 0
+    done_before = {  # completed trials never change, so reading them after the kill is exact
+        t.number: t.values for t in _trials(storage, name) if t.state == TrialState.COMPLETE
+    }
 
     trials = {t.number: t for t in _trials(storage, name)}
     assert trials[interrupted.number].state == TrialState.FAIL
