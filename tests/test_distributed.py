@@ -125,11 +125,22 @@ _TUNE = (
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
+def _sigint_default() -> None:
+    """Ctrl-C reaches the child as in a terminal, even where the test runner was started in
+    the background (a shell without job control starts those with SIGINT ignored, and an
+    ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn_tune(log: Path, **kwargs) -> subprocess.Popen:
     """``tune(**kwargs)`` in a separate Python process (its output goes to ``log``)."""
     with open(log, "w") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", _TUNE, json.dumps(kwargs)], stdout=out, stderr=out, env=_ENV
+            [sys.executable, "-c", _TUNE, json.dumps(kwargs)],
+            stdout=out,
+            stderr=out,
+            env=_ENV,
+            preexec_fn=_sigint_default,
         )
 
 
@@ -141,6 +152,7 @@ def _spawn_cli(log: Path, *args: str) -> subprocess.Popen:
             stderr=out,
             cwd=log.parent,
             env=_ENV,
+            preexec_fn=_sigint_default,
         )
 
 
