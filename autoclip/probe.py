@@ -99,7 +99,7 @@ _NORM_EPS = 1e-6
 # The trace
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GradTrace:
+class GradTrace(serialize.Serializable):
     """What the warm-up saw, step by step. Plain numbers (host floats), so it serialises.
 
     >>> trace = GradTrace(norms=(1.0, float("inf"), 2.0), losses=(1.0, 0.9, 0.8),
@@ -184,23 +184,6 @@ class GradTrace:
     def finite_norms(self) -> tuple[float, ...]:
         """The finite entries of ``norms``, in order."""
         return tuple(x for x in self.norms if math.isfinite(x))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain python (lists, floats that may be NaN/inf)."""
-        return serialize.to_plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GradTrace:
-        """Inverse of :meth:`to_dict` (also accepts the strict-JSON form of :meth:`to_json`)."""
-        return serialize.from_plain(cls, d)
-
-    def to_json(self, **kw: Any) -> str:
-        """Strict JSON in autoclip's one encoding (see :mod:`autoclip.serialize`)."""
-        return serialize.dumps(self, **kw)
-
-    @classmethod
-    def from_json(cls, text: str) -> GradTrace:
-        return serialize.loads(text, cls)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ class SearchSpace:
 
 
 @dataclass(frozen=True)
-class Proposal:
+class Proposal(serialize.Serializable):
     """The recommended clipper, a candidate for every strategy, and the search ranges.
 
     >>> from autoclip.probe import GradTrace
@@ -176,21 +176,6 @@ class Proposal:
         if clip.adaptive and self.warm_norms:
             clip.warm_start(list(self.warm_norms))
         return clip
-
-    # -- serialisation --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return serialize.to_plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Proposal:
-        return serialize.from_plain(cls, d)
-
-    def to_json(self, **kw: Any) -> str:
-        return serialize.dumps(self, **kw)
-
-    @classmethod
-    def from_json(cls, text: str) -> Proposal:
-        return serialize.loads(text, cls)
 
     # -- report ---------------------------------------------------------------------------------
     def summary(self) -> str:

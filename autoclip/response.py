@@ -85,7 +85,7 @@ SPIKE_PENALTY = 0.5
 
 
 @dataclass(frozen=True)
-class ResponseCurve:
+class ResponseCurve(serialize.Serializable):
     """What the races measured. Plain numbers, so it serialises (strict JSON via ``to_json``).
 
     >>> r = ResponseCurve(thresholds=(0.1, 1.0), scores=(0.5, float("inf")),
@@ -136,21 +136,6 @@ class ResponseCurve:
                 )
         if not (0 <= self.chosen_index < n):
             raise ConfigError(f"chosen_index must lie in [0, {n}), but got {self.chosen_index}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return serialize.to_plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ResponseCurve:
-        return serialize.from_plain(cls, d)
-
-    def to_json(self, **kw: Any) -> str:
-        """Strict JSON in autoclip's one encoding (see :mod:`autoclip.serialize`)."""
-        return serialize.dumps(self, **kw)
-
-    @classmethod
-    def from_json(cls, text: str) -> ResponseCurve:
-        return serialize.loads(text, cls)
 
     def describe(self) -> str:
         """One sentence of what was measured, e.g. for a proposal's reason."""

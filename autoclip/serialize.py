@@ -39,7 +39,16 @@ from typing import Any, TypeVar
 
 from autoclip.errors import ConfigError
 
-__all__ = ["decode", "decode_float", "dumps", "encode", "from_plain", "loads", "to_plain"]
+__all__ = [
+    "Serializable",
+    "decode",
+    "decode_float",
+    "dumps",
+    "encode",
+    "from_plain",
+    "loads",
+    "to_plain",
+]
 
 T = TypeVar("T")
 
@@ -211,3 +220,29 @@ def _decode_any(value: Any) -> Any:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Serializable:
+    """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass, in the one
+    encoding of this module; the results (trace, statistics, proposal, response, tune result)
+    inherit them instead of each writing the same four methods."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain python: lists and dicts (floats may be NaN/inf; :meth:`to_json` encodes them)."""
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        """Inverse of :meth:`to_dict` (also accepts the strict-JSON form of :meth:`to_json`)."""
+        return from_plain(cls, d)
+
+    def to_json(self, **kw: Any) -> str:
+        """Strict JSON in autoclip's one encoding (see :mod:`autoclip.serialize`)."""
+        return dumps(self, **kw)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        """Read back :meth:`to_json`."""
+        return loads(text, cls)

@@ -92,7 +92,7 @@ class Percentiles:
 
 
 @dataclass(frozen=True)
-class GradStats:
+class GradStats(serialize.Serializable):
     """Robust statistics of a warm-up's gradients (see the module docstring for the methods).
 
     Norm fields are global 2-norms in the gradient's own units; ``trend`` and
@@ -180,22 +180,6 @@ class GradStats:
     def spike_layers(self) -> tuple[tuple[str, float], ...]:
         """``(name, share of the spikes' excess squared norm)``, largest first; empty if none."""
         return tuple(x for x in _ranked(self.layer_names, self.layer_spike_share) if x[1] > 0)
-
-    # -- serialisation --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain python: lists and dicts (floats may be NaN/inf; :meth:`to_json` encodes them)."""
-        return serialize.to_plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GradStats:
-        return serialize.from_plain(cls, d)
-
-    def to_json(self, **kw: Any) -> str:
-        return serialize.dumps(self, **kw)
-
-    @classmethod
-    def from_json(cls, text: str) -> GradStats:
-        return serialize.loads(text, cls)
 
     # -- report ---------------------------------------------------------------------------------
     def summary(self) -> str:

@@ -56,7 +56,7 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
-class TuneResult:
+class TuneResult(serialize.Serializable):
     """What a search found.
 
     Attributes:
@@ -112,22 +112,6 @@ class TuneResult:
         if self.chosen is None:
             raise ConfigError(f"no configuration was chosen: {self.warning}")
         return create_clipper(**self.best_config).warm_start(self.proposal.warm_norms)
-
-    def to_dict(self) -> dict[str, Any]:
-        return serialize.to_plain(self)
-
-    def to_json(self, **kw: Any) -> str:
-        """Strict JSON in autoclip's one encoding (see :mod:`autoclip.serialize`)."""
-        return serialize.dumps(self, **kw)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TuneResult:
-        return serialize.from_plain(cls, d)
-
-    @classmethod
-    def from_json(cls, text: str) -> TuneResult:
-        """Read back :meth:`to_json` (a ``result.json``)."""
-        return serialize.loads(text, cls)
 
 
 def _record(t: FrozenTrial) -> TrialRecord:
