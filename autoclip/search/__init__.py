@@ -41,7 +41,7 @@ from autoclip.search._result import (
     load_result,
 )
 from autoclip.search._space import _enqueue_params, suggest_clipper  # noqa: F401 (tests)
-from autoclip.search._storage import open_storage
+from autoclip.search._store import open_storage
 from autoclip.search._tune import tune
 
 __all__ = [

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial
 
-from autoclip.search._storage import ATTR
+from autoclip.search._store import ATTR
 
 
 def _retry_of(t: FrozenTrial) -> int | None:

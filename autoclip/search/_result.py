@@ -19,7 +19,7 @@ from autoclip.search._budget import _counted, _retry_of
 from autoclip.search._fidelity import Plan
 from autoclip.search._redact import redact_url
 from autoclip.search._space import describe_config
-from autoclip.search._storage import ATTR, open_storage
+from autoclip.search._store import ATTR, open_storage
 from autoclip.search._study import _load_study
 
 

@@ -17,7 +17,7 @@ from autoclip.objectives import NAMES
 from autoclip.propose import MIN_RACE_BUDGET, Proposal, suggest_task
 from autoclip.search._fingerprint import describe_changes
 from autoclip.search._space import _enqueue_params
-from autoclip.search._storage import ATTR
+from autoclip.search._store import ATTR
 from autoclip.search._watch import pid_alive
 from autoclip.task import Task
 

@@ -18,7 +18,7 @@ from autoclip.search._fidelity import Plan
 from autoclip.search._fingerprint import fingerprint
 from autoclip.search._result import TrialRecord, TuneResult, _result
 from autoclip.search._space import check_strategies
-from autoclip.search._storage import ATTR, HEARTBEAT_INTERVAL, open_storage
+from autoclip.search._store import ATTR, HEARTBEAT_INTERVAL, open_storage
 from autoclip.search._study import (
     MODES,
     _check_compatible,

@@ -25,7 +25,7 @@ from autoclip.search._bracket import Bracket, Interrupted
 from autoclip.search._budget import _counted, _lineage, _rank, _retry_of, _Surplus
 from autoclip.search._fidelity import Plan
 from autoclip.search._space import suggest_clipper
-from autoclip.search._storage import ATTR, MAX_RETRY, open_storage
+from autoclip.search._store import ATTR, MAX_RETRY, open_storage
 from autoclip.search._study import _load_study, _Settings
 from autoclip.search._watch import pid_alive, wait_limit
 from autoclip.task import Task, load_task
