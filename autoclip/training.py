@@ -109,7 +109,8 @@ def train(
         steps: optimizer steps (default ``task.steps``).
         seed: overrides ``task.seed`` for model init and data order.
         lr_scale: multiplies every parameter group's learning rate (for joint lr search).
-        callback: ``(step, loss)`` called at each sync point with the latest loss, e.g. to
+        callback: ``(step, loss)`` called at each sync point with the mean loss of the steps
+            since the previous one (a learning curve with the batch noise averaged), e.g. to
             report to an Optuna trial; it may raise (``optuna.TrialPruned``) to stop the run.
 
     >>> import torch
@@ -168,6 +169,7 @@ def train(
         return None
 
     stream = task.batch_stream()
+    last_sync = 0
     try:
         for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
@@ -203,7 +205,9 @@ def train(
                 if reason is not None:
                     break
                 if callback is not None:
-                    callback(step, losses[-1])
+                    window = losses[last_sync:]  # the steps since the previous sync point
+                    callback(step, math.fsum(window) / len(window))
+                last_sync = len(losses)
     finally:
         if handle is not None:
             handle.remove()

@@ -10,7 +10,15 @@ import autoclip
 from autoclip.probe import probe_task
 from autoclip.propose import propose
 from autoclip.search import TrialRecord, TuneResult, choose, load_result, suggest_clipper, tune
-from autoclip.search._fidelity import Plan, forecast, nondominated_ranks, promote
+from autoclip.search._fidelity import (
+    TIE,
+    Plan,
+    RungScore,
+    level,
+    nondominated_ranks,
+    partial_objectives,
+    promote,
+)
 from autoclip.stats import compute_stats
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -213,13 +221,30 @@ def test_rung_plan_costs_and_keeps_a_third():
     assert Plan.make(20).rungs == (10,) and Plan.make(10).rungs == ()
 
 
-def test_forecast_credits_a_curve_still_falling():
-    steps = [(t, 0.0) for t in range(9, 100, 10)]
-    flat = [(t, 1.0) for t, _ in steps]
-    falling = [(t, 3.0 * (t + 1) ** -0.2) for t, _ in steps]  # higher now, power law down
-    assert forecast(flat, 900) == pytest.approx(1.0)
-    assert forecast(falling, 900) < forecast(flat, 900) < falling[-1][1]
-    assert forecast([(9, math.nan)], 900) == math.inf
+def test_a_rung_ranks_on_the_mean_of_the_curves_last_quarter():
+    curve = [(t, float(v)) for t, v in zip(range(9, 80, 10), [8, 7, 6, 5, 4, 3, 2, 1], strict=True)]
+    assert level(curve) == pytest.approx((2 + 1) / 2)  # 8 points: the last 2
+    assert level([(9, math.nan)]) == math.inf and level([]) == math.inf
+    score = partial_objectives(curve, clipped=0.25)
+    assert score.loss == level(curve) and score.clipped == 0.25
+    assert len(score.objectives) == 3
+
+
+def test_a_tie_at_a_rung_goes_to_the_loosest_clipper_that_still_acts():
+    best = 1.0
+    inside, outside = best * (1 + TIE * 0.9), best * (1 + TIE * 1.1)
+    scores = {
+        0: RungScore(best, 0.5, 0.0, clipped=1.0),  # the best level: clips every step
+        1: RungScore(inside, 0.5, 0.0, clipped=0.55),  # tied, acts on half the steps: first
+        2: RungScore(inside, 0.5, 0.0, clipped=0.3),  # tied, acts less often than that
+        3: RungScore(inside, 0.5, 0.0, clipped=0.01),  # tied, hardly clips: no clipping so far
+        4: RungScore(outside, 0.5, 0.0, clipped=0.6),  # outside the tie: after every tied one
+    }
+    order, _ = promote(scores, 5, pareto=False)
+    assert order == [1, 0, 2, 3, 4]
+    # without a tie, the level decides
+    apart = {0: RungScore(1.0, 0.5, 0.0, 1.0), 1: RungScore(2.0, 0.5, 0.0, 0.55)}
+    assert promote(apart, 1, pareto=False)[0] == [0]
 
 
 def test_rungs_promote_by_nondominated_sorting_in_pareto_mode():

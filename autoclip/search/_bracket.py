@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from autoclip.search._fidelity import Plan, partial_objectives, promote
+from autoclip.search._fidelity import Plan, RungScore, partial_objectives, promote
 
 JOIN_GRACE = 5.0  # seconds a rung-0 decision waits for members that have not started yet
 
@@ -56,7 +56,7 @@ class Bracket:
         self._waiting: set[int] = set()  # members ready to train, served lowest number first
         self._joined: set[int] = set()
         self._ended: set[int] = set()
-        self._arrived: list[dict[int, tuple[float, ...]]] = [{} for _ in plan.rungs]
+        self._arrived: list[dict[int, RungScore]] = [{} for _ in plan.rungs]
         self._promoted: list[list[int] | None] = [None for _ in plan.rungs]
         self._order: list[list[int]] = [[] for _ in plan.rungs]  # each rung's full ranking
         self._from: dict[int, int] = {}  # member -> the rung it was last promoted from
@@ -99,7 +99,7 @@ class Bracket:
         A member not promoted stays paused until the bracket is settled (every other member
         ended or paused too), then is pruned: until then it may replace a failed one.
         """
-        scores = partial_objectives(curve, self.plan.steps, clipped)
+        scores = partial_objectives(curve, clipped)
         state = _rng_state()
         with self._cond:
             self._arrived[rung][key] = scores
@@ -148,8 +148,8 @@ class Bracket:
             self.interrupted = True
             self._cond.notify_all()
 
-    def scores(self, key: int) -> list[tuple[float, ...]]:
-        """The partial objectives ``key`` reported at each rung it reached."""
+    def scores(self, key: int) -> list[RungScore]:
+        """What ``key`` reported at each rung it reached."""
         return [a[key] for a in self._arrived if key in a]
 
     # -- the decisions -----------------------------------------------------------------------

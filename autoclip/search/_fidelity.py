@@ -7,25 +7,26 @@ train for the full length, and only full-length trials are ever chosen. A paused
 memory and continued, not restarted, so a bracket of 9 with ``eta=3`` costs about 2.3 full
 runs (9 x 1/9 + 3 x 2/9 + 1 x 2/3) where 9 full-length trials cost 9.
 
-Short horizons favour clipping that is too tight: early on, a tight threshold gives a smooth,
-low curve, and a looser one spikes before it overtakes. Rungs therefore rank on a forecast of
-the loss at full length, not on the loss at the rung: the curve's level (the median of the
-rung's last quarter) carried forward along its trend (the slope of log loss against log step
-over the rung's second half), with the trend's credit bounded to 20% of the level: a plateau
-(what a too-tight threshold gives) must be 20% lower than a curve still falling to beat it,
-while a level that is far worse is not rescued by a noisy slope. In
-Pareto mode the rung ranks configurations by non-dominated sorting of (forecast loss, speed so
-far, instability so far) — Optuna does not prune multi-objective studies — and breaks ties
-within a front by the distance to the ideal point, as the final choice does.
+What a rung sees is the curve so far (the mean loss of every 10 steps) and the fraction of
+steps the clipper clipped. It ranks on the curve's level (the mean of its last quarter), but a
+short horizon cannot be trusted on its own, and the rule says how it is distrusted
+(``studies/results/rung_study.md`` measures it on full-length runs of a threshold grid):
 
-The bias itself is countered where it is visible: a run whose clipper clipped at least 90% of
-its steps so far (a threshold below the typical norm, which rescales every step and so acts as
-a smaller, smoother learning rate early on) has its forecast raised by 25%, so it ranks ahead
-of a looser threshold only when its lead is larger than what a short horizon gives tight
-clipping for free. Forecasts within
-5% of the best are a tie, which the study's order breaks: the measured recommendation was
-enqueued first, the proposal's other candidates next, the sampler's points last (speed and
-instability so far, which favour tight clipping too, do not break it).
+* Short horizons favour clipping that is too tight: early on a tight threshold gives a smooth,
+  low curve, and a looser one overtakes only later (on the grid of the design tasks the best
+  level at a third of the run was a tighter threshold than the best at full length in most
+  runs; on relu_rnn the curves are flat for the first third whatever the threshold).
+* A threshold that has seldom clipped so far is no clipping so far: its short-run curve says
+  nothing of the spikes that come when the gradients grow (on the same grid, the thresholds
+  that clipped under a tenth of the early steps ended worst).
+
+So levels within ``TIE`` (20%) of the best are a tie, one that the horizon cannot separate,
+and a tie is ordered by how the clippers acted: first those that clipped at least ``ACTIVE``
+(half) of the steps, the one that clipped least first (the loosest that still acts), then
+the others, the one that clipped most first (the nearest to acting). Then the rest, by
+level. In Pareto mode the rest are ranked by non-dominated
+sorting of (level, speed so far, instability so far), ties within a front by the distance to
+the ideal point, as the final choice does (Optuna does not prune multi-objective studies).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,12 +42,9 @@ from autoclip.objectives import SPIKE_FACTOR
 
 ETA = 3  # keep a third at each rung
 RUNGS = 2  # rungs before full length: steps/9 and steps/3
-SYNC = 10  # training.train reports a loss every 10 steps; rungs fall on those points
-MIN_TREND_POINTS = 4  # fewer points in a rung's second half: batch noise, not a trend
-TIGHT = 0.9  # a run clipped on 90% of its steps or more is "tight" at this horizon
-TIGHT_PENALTY = 0.25  # ... and must forecast 25% better than a looser one to rank ahead
-TIE = 0.05  # forecasts within 5% of the best are a tie at a rung
-MAX_CREDIT = 0.2  # a falling curve's forecast is at most 20% below its level
+SYNC = 10  # training.train reports the mean loss of every 10 steps; rungs fall on those points
+TIE = 0.2  # levels within 20% of the best are a tie at a rung
+ACTIVE = 0.5  # ... ordered by clipping: the loosest that clips half of the steps or more first
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,8 @@ class Plan:
     def make(cls, steps: int, eta: int = ETA, n_rungs: int = RUNGS) -> Plan:
         rungs = set()
         for k in range(n_rungs, 0, -1):
-            r = math.ceil(steps / eta**k / SYNC) * SYNC
+            # the nearest sync point, at least one
+            r = max(1, round(steps / eta**k / SYNC)) * SYNC
             if r < steps:
                 rungs.add(r)
         return cls(steps=steps, rungs=tuple(sorted(rungs)), eta=eta)
@@ -80,39 +80,40 @@ class Plan:
         return sum(a * (hi - lo) for a, lo, hi in zip(alive, bounds, bounds[1:], strict=False))
 
 
-def forecast(curve: Sequence[tuple[int, float]], steps: int) -> float:
-    """The loss at ``steps`` forecast from a partial curve of (step, loss) points."""
-    if not curve:
-        return math.inf
-    t = np.asarray([s + 1 for s, _ in curve], dtype=float)
+class RungScore(NamedTuple):
+    """What a rung ranks a configuration on: three partial objectives, all minimised (the
+    curve's level, speed so far, instability so far), and the fraction of steps clipped."""
+
+    loss: float
+    speed: float
+    instability: float
+    clipped: float = 0.0
+
+    @property
+    def objectives(self) -> tuple[float, float, float]:
+        return (self.loss, self.speed, self.instability)
+
+
+def level(curve: Sequence[tuple[int, float]]) -> float:
+    """The level of a partial curve of (step, loss) points: the mean of its last quarter
+    (inf when the curve is empty or holds a non-finite loss)."""
     y = np.asarray([v for _, v in curve], dtype=float)
-    if not np.all(np.isfinite(y)):
+    if not len(y) or not np.all(np.isfinite(y)):
         return math.inf
-    level = float(np.median(y[-max(1, len(y) // 4) :]))
-    half = len(y) // 2
-    if level <= 0 or len(y) - half < MIN_TREND_POINTS or np.any(y[half:] <= 0):
-        return level
-    slope = float(np.polyfit(np.log(t[half:]), np.log(y[half:]), 1)[0])
-    # The trend's credit is bounded: a few noisy points extrapolated over a long horizon
-    # would otherwise rank on noise. A curve still falling may gain up to MAX_CREDIT on a
-    # flat one; a rising curve is judged on its level.
-    return level * max(min((steps / t[-1]) ** slope, 1.0), 1.0 - MAX_CREDIT)
+    return float(np.mean(y[-max(1, len(y) // 4) :]))
 
 
-def partial_objectives(
-    curve: Sequence[tuple[int, float]], steps: int, clipped: float = 0.0
-) -> tuple[float, ...]:
-    """(forecast final loss, speed so far, instability so far) of a partial curve; a run
-    that ``clipped`` at least TIGHT of its steps has its forecast raised by TIGHT_PENALTY."""
+def partial_objectives(curve: Sequence[tuple[int, float]], clipped: float = 0.0) -> RungScore:
+    """The :class:`RungScore` of a partial curve whose clipper ``clipped`` that fraction of
+    its steps."""
     if not curve:
-        return (math.inf, 1.0, 1.0)
+        return RungScore(math.inf, 1.0, 1.0, clipped)
     y = np.asarray([v for _, v in curve], dtype=float)
     l0 = y[0] if np.isfinite(y[0]) and y[0] > 0 else math.inf
     speed = float(np.mean(np.minimum(np.nan_to_num(y / l0, nan=1.0), 1.0)))
     running = np.minimum.accumulate(y)
     spikes = float(np.mean(y[1:] > SPIKE_FACTOR * running[:-1])) if len(y) > 1 else 0.0
-    penalty = 1.0 + TIGHT_PENALTY if clipped >= TIGHT else 1.0
-    return (forecast(curve, steps) * penalty, speed, spikes)
+    return RungScore(level(curve), speed, spikes, float(clipped))
 
 
 def nondominated_ranks(points: np.ndarray) -> np.ndarray:
@@ -139,18 +140,26 @@ def nondominated_ranks(points: np.ndarray) -> np.ndarray:
 
 
 def promote(
-    scores: dict[int, tuple[float, ...]], keep: int, pareto: bool
+    scores: dict[int, RungScore], keep: int, pareto: bool
 ) -> tuple[list[int], dict[int, float]]:
-    """The ``keep`` best of ``scores`` (id -> partial objectives) and each one's rank key.
+    """The ``keep`` best of ``scores`` (id -> :class:`RungScore`) and each one's rank key.
 
-    Single mode ranks on the forecast loss alone; Pareto mode by non-dominated front, then by
-    the distance to the ideal point once each objective is scaled to [0, 1]. Ids whose
-    forecast is not finite (diverged) are never promoted.
+    The tie of the module docstring comes first (the active clippers, loosest first, then
+    the others, the nearest to acting first); the rest follow, by level in single mode, by
+    non-dominated front and the distance to the ideal point in Pareto mode. Ids whose level
+    is not finite (diverged) are never promoted.
+
+    >>> scores = {0: RungScore(1.00, 0.5, 0.0, clipped=1.0),   # tight: clips every step
+    ...           1: RungScore(1.05, 0.5, 0.0, clipped=0.6),   # tied, still clips 60%
+    ...           2: RungScore(1.10, 0.5, 0.0, clipped=0.02),  # tied, but hardly clips
+    ...           3: RungScore(2.00, 0.5, 0.0, clipped=0.5)}   # clearly worse
+    >>> promote(scores, 4, pareto=False)[0]
+    [1, 0, 2, 3]
     """
     ids = [i for i, v in scores.items() if math.isfinite(v[0])]
     if not ids:
         return [], {}
-    pts = np.asarray([scores[i] for i in ids], dtype=float)
+    pts = np.asarray([RungScore(*scores[i]).objectives for i in ids], dtype=float)
     if not pareto:
         key = {i: float(scores[i][0]) for i in ids}
     else:
@@ -159,12 +168,13 @@ def promote(
         ranks = nondominated_ranks(pts)
         dist = np.linalg.norm(norm, axis=1) / (1 + math.sqrt(pts.shape[1]))  # < 1
         key = {i: float(r) + float(d) for i, r, d in zip(ids, ranks, dist, strict=True)}
-    # Forecasts within TIE of the best are too close to call at a short horizon: among those
-    # the study's own order decides (the measured recommendation first, then the proposal's
-    # candidates, then the sampler's points). Not speed or instability so far: those favour
-    # tight clipping at a short horizon just as the loss does.
     best = min(scores[i][0] for i in ids)
     tied = [i for i in ids if scores[i][0] <= best + TIE * abs(best)]
-    rest = [i for i in ids if i not in tied]
-    order = sorted(tied) + sorted(rest, key=lambda i: (key[i], i))
+    clipped = {i: RungScore(*scores[i]).clipped for i in ids}
+    # equal fractions (every step clipped) say nothing of which is looser: the level decides
+    lvl = {i: scores[i][0] for i in ids}
+    active = sorted((i for i in tied if clipped[i] >= ACTIVE), key=lambda i: (clipped[i], lvl[i]))
+    others = sorted((i for i in tied if i not in active), key=lambda i: (-clipped[i], lvl[i]))
+    rest = sorted((i for i in ids if i not in tied), key=lambda i: (key[i], i))
+    order = active + others + rest
     return order[:keep], key

@@ -108,6 +108,64 @@ def _enqueue_params(proposal: Proposal, strategies: Sequence[str], prefix: str =
     return out
 
 
+def _ladder_params(
+    proposal: Proposal, strategy: str, n: int, prefix: str = PREFIX
+) -> list[dict[str, Any]]:
+    """``n`` trial parameters of ``strategy`` evenly spaced over its range (log-spaced on a
+    log scale) and through the recommended value, which comes first; then the rest, nearest
+    first, the looser of two equally near first.
+
+    A bracket's first members are these: with one parameter to search and a bracket of
+    nine, an evenly spaced ladder covers the range that the measurement left open (a
+    sampler's nine independent draws leave gaps and clumps), and successive halving then
+    spends its later rungs on the ladder's best.
+    """
+    info = clipper_info(strategy)
+    low, high = proposal.space.range(strategy)
+    rec = proposal.recommended
+    centre = rec.params.get(info.param) if rec.strategy == strategy else None
+    if centre is None:
+        centre = _candidate_params(proposal, strategy).get(info.param)
+    if centre is None:
+        centre = float(np.sqrt(low * high)) if info.log else (low + high) / 2
+    centre = float(np.clip(centre, low, high))
+    m = n | 1  # odd, so that a range centred on the value is laddered symmetrically
+    values = np.geomspace(low, high, m) if info.log else np.linspace(low, high, m)
+    # through the centre: shift the ladder so that its nearest rung is the centre itself
+    scale = np.log if info.log else (lambda v: v)
+    nearest = int(np.argmin(np.abs(scale(values) - scale(centre))))
+    if info.log:
+        values = values * (centre / values[nearest])
+    else:
+        values = values + (centre - values[nearest])
+    tol = 1e-9 * (high - low)  # the shifted ends may miss the range by a rounding error
+    values = [float(np.clip(v, low, high)) for v in values if low - tol <= v <= high + tol]
+    values.sort(key=lambda v: (round(abs(scale(v) - scale(centre)), 9), -v))
+    name = f"{prefix}.{strategy}.{info.param}"
+    return [{f"{prefix}.strategy": strategy, name: v} for v in values[:n]]
+
+
+def default_strategies(proposal: Proposal) -> tuple[str, ...]:
+    """What ``tune`` searches when not told: the recommended strategy alone.
+
+    A default search has nine trials; spread over five strategies that is one or two a
+    strategy, each judged at a short rung, where an adaptive clipper's behaviour at full
+    length is least visible (studies/results/tune.md, before this rule: the adaptive picks
+    ended up to 2x worse than the best fixed threshold). Nine points of one threshold, on a
+    ladder through the measured value, are a search of it.
+    """
+    rec = proposal.recommended.strategy
+    return (rec,) if rec in proposal.space.ranges else tuple(proposal.space.strategies)
+
+
+def first_trials(proposal: Proposal, strategies: Sequence[str], n: int) -> list[dict[str, Any]]:
+    """The parameters a study enqueues before its sampler: for one strategy a ladder of
+    ``n`` over its range, for several the recommended configuration and each candidate."""
+    if len(strategies) == 1:
+        return _ladder_params(proposal, strategies[0], n)
+    return _enqueue_params(proposal, strategies)[:n]
+
+
 def describe_config(config: dict[str, Any] | None) -> str:
     """``name(param=value)`` with the registry's searched parameter (all of them for a clipper
     the registry does not know)."""

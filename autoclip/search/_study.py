@@ -16,7 +16,7 @@ from autoclip.errors import StorageError
 from autoclip.objectives import NAMES
 from autoclip.propose import MIN_RACE_BUDGET, Proposal, suggest_task
 from autoclip.search._fingerprint import describe_changes
-from autoclip.search._space import _enqueue_params
+from autoclip.search._space import default_strategies, first_trials
 from autoclip.search._store import ATTR
 from autoclip.search._watch import pid_alive
 from autoclip.task import Task
@@ -66,31 +66,47 @@ def _proposal_of(storage, study_name: str) -> Proposal:
 
 
 def _load_study(
-    storage, study_name: str, *, worker: int = 0, seed: int | None = None, wait: float = 600.0
+    storage,
+    study_name: str,
+    *,
+    worker: int = 0,
+    seed: int | None = None,
+    wait: float = 600.0,
+    coordinator: int | None = None,
+    poll: float = 0.5,
 ):
-    """Load an existing study once its coordinator has stored the proposal."""
+    """Load an existing study once its coordinator has stored the proposal.
+
+    ``coordinator``: the process id of a local coordinator that starts this worker before it
+    creates the study and probes (so that the worker's start-up, a fresh Python importing
+    torch, overlaps the probe instead of delaying its first trial): while it lives, the
+    worker waits for the study to appear and to be ready, however long the probe takes.
+    """
     deadline = time.monotonic() + wait
     while True:
         summary = _summary(storage, study_name)
+        if summary is not None and summary.user_attrs.get(ATTR + "ready"):
+            break
+        if coordinator is not None and pid_alive(coordinator):
+            time.sleep(poll)
+            continue
         if summary is None:
             raise StorageError(
                 f"study {study_name!r} is not in the storage (its coordinator's setup failed "
                 "and removed it); rerun the command"
             )
-        if summary.user_attrs.get(ATTR + "ready"):
-            break
         if time.monotonic() > deadline:
             raise StorageError(
                 f"study {study_name!r} exists but its coordinator never finished setting it "
                 f"up within {wait:.0f} s; delete it or use another study name"
             )
-        time.sleep(0.5)
+        time.sleep(poll)
     attrs = summary.user_attrs
     settings = _Settings(
         **{**attrs[ATTR + "settings"], "strategies": tuple(attrs[ATTR + "settings"]["strategies"])}
     )
     proposal = _proposal_of(storage, study_name)
-    n_startup = len(_enqueue_params(proposal, settings.strategies)) + 2
+    n_startup = int(attrs.get(ATTR + "enqueued", 0)) + 2  # random until those have run
     seed = _process_seed(seed, attrs.get(ATTR + "coordinator"))
     study = optuna.load_study(
         study_name=study_name,
@@ -227,7 +243,7 @@ def _create_if_absent(
         # of a grid.
         budget = max(probe_steps + MIN_RACE_BUDGET, (2 * settings.steps) // 5)
         proposal = suggest_task(task, steps=probe_steps, budget=budget)
-        strategies = settings.strategies or proposal.space.strategies
+        strategies = settings.strategies or default_strategies(proposal)
         stored = {**settings.key(), "strategies": list(strategies)}
         study.set_user_attr(ATTR + "settings", stored)
         study_id = _id_of(store, study_name)
@@ -239,8 +255,10 @@ def _create_if_absent(
             study.set_metric_names(list(NAMES) if settings.mode == "pareto" else [NAMES[0]])
         # No more than the budget: a candidate left waiting would hold a slot that a retried
         # trial needs.
-        for params in _enqueue_params(proposal, strategies)[:n_trials]:
+        first = first_trials(proposal, strategies, n_trials)
+        for params in first:
             study.enqueue_trial(params)
+        study.set_user_attr(ATTR + "enqueued", len(first))
         study.set_user_attr(ATTR + "ready", True)
     except BaseException:
         # A failed probe (or Ctrl-C) leaves no half-made study behind: no trial ran yet, and

@@ -209,13 +209,13 @@ def tune(
         fidelity=bool(fidelity),
     )
     _check_compatible(store, study_name, settings, fp, resume_anyway)
-    _create_if_absent(store, study_name, task, settings, probe_steps, n_trials, fp)
-    study, proposal, settings = _load_study(store, study_name, seed=seed)
-
     if workers > 1:
         import torch
 
         torch.set_num_threads(1)
+    # The worker processes start now, not after the probe: a fresh Python importing torch and
+    # loading the task takes seconds, which then overlap the probe instead of delaying their
+    # first trials (each waits for the study to be ready while this process lives).
     ctx = multiprocessing.get_context("spawn")
     share = -(-n_trials // workers)  # each local worker's bracket: its part of the budget
     procs = [
@@ -228,6 +228,15 @@ def tune(
     ]
     for p in procs:
         p.start()
+    try:
+        _create_if_absent(store, study_name, task, settings, probe_steps, n_trials, fp)
+        study, proposal, settings = _load_study(store, study_name, seed=seed)
+    except BaseException:  # a failed probe, Ctrl-C: the waiting workers go too
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+        raise
     # The coordinator watches its workers by their handles: a dead one is reaped, its trial
     # failed and retried (a zombie would pass a check by process id and be waited for).
     watch = LocalWorkers(

@@ -143,7 +143,7 @@ def _objective(
         rec["rungs"].append([step + 1, loss, bracket.scores(trial.number)[-1][0]])
         if not go:
             rec["steps_run"] = step + 1
-            rec["objectives"] = list(bracket.scores(trial.number)[-1])
+            rec["objectives"] = list(bracket.scores(trial.number)[-1].objectives)
             raise optuna.TrialPruned(
                 f"pruned at rung {k + 1} (step {step + 1} of {settings.steps})"
             )
@@ -369,5 +369,11 @@ def _worker_process(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     task = load_task(target)
     store = open_storage(storage, heartbeat_interval=heartbeat)
-    study, proposal, settings = _load_study(store, study_name, worker=worker, seed=seed)
+    # Started before its coordinator has created the study (see tune): wait while it probes.
+    try:
+        study, proposal, settings = _load_study(
+            store, study_name, worker=worker, seed=seed, coordinator=os.getppid(), poll=0.1
+        )
+    except KeyboardInterrupt:  # Ctrl-C during the probe: the coordinator says so, once
+        return
     _run_worker(study, store, task, proposal, settings, n_trials, share=share, watcher=os.getppid())
