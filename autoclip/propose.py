@@ -56,10 +56,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoclip._snapshot import _get_rng, _set_rng
 from autoclip.clippers import clipper_info, searchable
 from autoclip.clippers._rules import positive, sig
 from autoclip.errors import ConfigError
-from autoclip.probe import GradTrace, _get_rng, _set_rng, probe
+from autoclip.probe import GradTrace, probe
 from autoclip.proposal import STRATEGIES, Candidate, Proposal, SearchSpace, _fmt  # noqa: F401
 from autoclip.response import RACES, ResponseCurve, measure_response
 from autoclip.stats import GradStats, compute_stats

@@ -10,7 +10,7 @@ thresholds, half a decade apart, from ``anchor / 10**2`` to ``anchor * 10**0.5``
 is the typical warm-up norm, so the ladder spans "every step clipped hard" to "only spikes
 clipped"). Each race
 
-* starts from the caller's state (a :class:`autoclip.probe._Snapshot` taken once and
+* starts from the caller's state (a :class:`autoclip._snapshot._Snapshot` taken once and
   restored before every race, RNG included), so every candidate sees the same initial
   weights, the same batches and the same dropout masks: their loss curves differ only
   through the threshold;
@@ -51,15 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from autoclip import serialize
+from autoclip._inputs import _check_loss, _cycle, _params_of
+from autoclip._snapshot import _Snapshot
 from autoclip.clippers import NormClip
 from autoclip.divergence import DivergenceCheck
 from autoclip.errors import ConfigError, TaskError
-from autoclip.probe import (
-    _check_loss,
-    _cycle,
-    _params_of,
-    _Snapshot,
-)
 
 __all__ = ["ResponseCurve", "ladder", "measure_response"]
 
