@@ -10,7 +10,7 @@ thresholds, half a decade apart, from ``anchor / 10**2`` to ``anchor * 10**0.5``
 is the typical warm-up norm, so the ladder spans "every step clipped hard" to "only spikes
 clipped"). Each race
 
-* starts from the caller's state (a :class:`autoclip.probe._Snapshot` taken once and
+* starts from the caller's state (a :class:`autoclip._snapshot._Snapshot` taken once and
   restored before every race, RNG included), so every candidate sees the same initial
   weights, the same batches and the same dropout masks: their loss curves differ only
   through the threshold;
@@ -50,16 +50,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from autoclip import serialize
+from autoclip._curve import ResponseCurve, _fmt
+from autoclip._inputs import _check_loss, _cycle, _params_of
+from autoclip._snapshot import _Snapshot
 from autoclip.clippers import NormClip
 from autoclip.divergence import DivergenceCheck
 from autoclip.errors import ConfigError, TaskError
-from autoclip.probe import (
-    _check_loss,
-    _cycle,
-    _params_of,
-    _Snapshot,
-)
 
 __all__ = ["ResponseCurve", "ladder", "measure_response"]
 
@@ -82,97 +78,6 @@ SPIKE_WINDOW = 10
 SPIKE_FACTOR = 2.0
 SPIKE_MIN_JUMP = 0.05
 SPIKE_PENALTY = 0.5
-
-
-@dataclass(frozen=True)
-class ResponseCurve(serialize.Serializable):
-    """What the races measured. Plain numbers, so it serialises (strict JSON via ``to_json``).
-
-    >>> r = ResponseCurve(thresholds=(0.1, 1.0), scores=(0.5, float("inf")),
-    ...                   losses=((1.0,), (9.0,)), diverged=(False, True), spikes=((), ()),
-    ...                   clipped=(1.0, 0.5), chosen=0.1, chosen_index=0, chosen_norms=(2.0,),
-    ...                   anchor=1.0, race_steps=1, steps_spent=2)
-    >>> r.chosen, ResponseCurve.from_json(r.to_json()).scores
-    (0.1, (0.5, inf))
-
-    Attributes:
-        thresholds: the candidate ``max_norm`` values raced, ascending.
-        scores: each race's score (mean loss of its last quarter plus spike penalties; inf
-            where it diverged). Lower is better.
-        losses: each race's training loss per step (shorter where it stopped early).
-        diverged: whether each race diverged; ``spikes``: the steps where its loss spiked.
-        clipped: the fraction of each race's steps that were clipped.
-        chosen: the threshold picked; ``chosen_index`` its index in ``thresholds``.
-        chosen_norms: the pre-clip gradient norms of the chosen race (finite ones), from
-            which adaptive clippers get their level and their warm start.
-        anchor: the typical warm-up norm the ladder is centred on.
-        race_steps: steps per race; ``steps_spent``: optimizer steps of all races together.
-        notes: what diverged, what spiked, and where the choice sits on the ladder.
-    """
-
-    thresholds: tuple[float, ...]
-    scores: tuple[float, ...]
-    losses: tuple[tuple[float, ...], ...]
-    diverged: tuple[bool, ...]
-    spikes: tuple[tuple[int, ...], ...]
-    clipped: tuple[float, ...]
-    chosen: float
-    chosen_index: int
-    chosen_norms: tuple[float, ...]
-    anchor: float
-    race_steps: int
-    steps_spent: int
-    notes: tuple[str, ...] = ()
-
-    _INT_FIELDS = ("chosen_index", "race_steps", "steps_spent")
-
-    def __post_init__(self) -> None:
-        n = len(self.thresholds)
-        for name in ("scores", "losses", "diverged", "spikes", "clipped"):
-            if len(getattr(self, name)) != n:
-                raise ConfigError(
-                    f"ResponseCurve needs one {name} entry per threshold ({n}), but got "
-                    f"{len(getattr(self, name))}"
-                )
-        if not (0 <= self.chosen_index < n):
-            raise ConfigError(f"chosen_index must lie in [0, {n}), but got {self.chosen_index}")
-
-    def describe(self) -> str:
-        """One sentence of what was measured, e.g. for a proposal's reason."""
-        i = self.chosen_index
-        c = self.thresholds[i]
-        finite = [k for k, s in enumerate(self.scores) if math.isfinite(s)]
-        if not finite:
-            return (
-                f"every one of {len(self.thresholds)} races diverged, down to max_norm "
-                f"{_fmt(self.thresholds[0])}: lower the learning rate"
-            )
-        best = min(finite, key=lambda k: self.scores[k])
-        parts = [
-            f"over {len(self.thresholds)} races of {self.race_steps} steps from the same start, "
-            f"the loss fell {'lowest' if best == i else 'about as low (a tie, within 5%)'} at "
-            f"max_norm "
-            f"{_fmt(c)} (last-quarter loss {self.scores[i]:.3g}"
-            + (
-                ")"
-                if best == i
-                else f"; best {self.scores[best]:.3g} at {_fmt(self.thresholds[best])})"
-            )
-        ]
-        worse = [k for k in range(i + 1, len(self.thresholds))]
-        bad = [k for k in worse if self.diverged[k]]
-        spiky = [k for k in worse if self.spikes[k] and not self.diverged[k]]
-        if bad:
-            k = bad[0]
-            parts.append(f"at {_fmt(self.thresholds[k])} it diverged by step {len(self.losses[k])}")
-        elif spiky:
-            k = spiky[0]
-            parts.append(f"at {_fmt(self.thresholds[k])} it spiked at step {self.spikes[k][0]}")
-        return "; ".join(parts)
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.2g}"
 
 
 def _round(x: float) -> float:

@@ -63,6 +63,21 @@ SEEDS = (0, 1, 2)
 WITHIN = 1.10  # the goal: suggest <= 1.10 x the best grid point
 
 
+# response.py, propose.py, probe.py and the private modules their code was split into.
+RULE_FILES = (
+    "response.py",
+    "_curve.py",
+    "propose.py",
+    "_candidates.py",
+    "probe.py",
+    "_trace.py",
+    "_snapshot.py",
+    "_inputs.py",
+    "_collect.py",
+    "_warmup.py",
+)
+
+
 def rule_version() -> str:
     """A hash of the code that makes suggest's choice, so cached suggest runs can be reused."""
     import hashlib
@@ -70,7 +85,7 @@ def rule_version() -> str:
     import autoclip
 
     root = Path(autoclip.__file__).parent
-    text = "".join((root / f).read_text() for f in ("response.py", "propose.py", "probe.py"))
+    text = "".join((root / f).read_text() for f in RULE_FILES)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -186,7 +201,7 @@ def report(tasks, seeds, steps, command: str, started: float) -> str:
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
         f"numpy {np.__version__}; {os.cpu_count()} CPUs, 1 torch thread per run",
         "- suggest rule code of the runs in the table (hash of autoclip/response.py, "
-        "propose.py, probe.py): "
+        "propose.py, probe.py and the modules split from them): "
         + ", ".join(
             sorted(
                 {

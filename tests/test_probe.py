@@ -16,7 +16,7 @@ from autoclip import NormClip
 from autoclip.errors import ConfigError, TaskError
 from autoclip.probe import GradTrace, probe, probe_task
 
-probe_mod = importlib.import_module("autoclip.probe")  # `autoclip.probe` is the function
+warmup_mod = importlib.import_module("autoclip._warmup")  # the warm-up loop reads the flag
 
 
 def _mse(model, batch):
@@ -327,7 +327,7 @@ def test_attached_clipper_is_suspended_during_the_probe():
 def test_device_path_matches_host_path(monkeypatch):
     model, opt, _, data = _setup("adam", False)
     host = probe(model, opt, _mse, data, steps=30, sync_every=7)
-    monkeypatch.setattr(probe_mod, "_FORCE_DEVICE_PATH", True)
+    monkeypatch.setattr(warmup_mod, "_FORCE_DEVICE_PATH", True)
     device = probe(model, opt, _mse, data, steps=30, sync_every=7)
     assert device.norms == host.norms and device.losses == host.losses
     assert device.layer_norms == host.layer_norms
@@ -337,7 +337,7 @@ def test_device_path_matches_host_path(monkeypatch):
 
 
 def test_device_path_stops_at_the_failing_step(monkeypatch):
-    monkeypatch.setattr(probe_mod, "_FORCE_DEVICE_PATH", True)
+    monkeypatch.setattr(warmup_mod, "_FORCE_DEVICE_PATH", True)
     model, opt, _, data = _setup("sgd", False)
 
     def loss_fn(m, batch, calls=[0]):  # noqa: B006

@@ -1,7 +1,8 @@
 """Gradient clippers: fixed (norm, value) and adaptive (quantile, z-score, AGC)."""
 
 from autoclip.clippers._agc import AGC
-from autoclip.clippers._base import BaseClipper, ClipResult, check_fraction, check_positive
+from autoclip.clippers._base import BaseClipper
+from autoclip.clippers._checks import check_fraction, check_positive
 from autoclip.clippers._norm import NormClip, ValueClip
 from autoclip.clippers._normbased import NormBasedClipper
 from autoclip.clippers._quantile import QuantileClip
@@ -14,6 +15,7 @@ from autoclip.clippers._registry import (
     searchable,
     unregister_clipper,
 )
+from autoclip.clippers._result import ClipResult
 from autoclip.clippers._zscore import ZScoreClip
 
 __all__ = [

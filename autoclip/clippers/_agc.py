@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from autoclip import functional as F
-from autoclip.clippers._base import BaseClipper, check_positive
+from autoclip.clippers._base import BaseClipper
+from autoclip.clippers._checks import check_positive
 from autoclip.clippers._registry import register_clipper
 
 

@@ -38,13 +38,14 @@ import abc
 import inspect
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from autoclip import functional as F
+from autoclip.clippers._result import ClipResult
+from autoclip.clippers._state import _ClipperState
 from autoclip.errors import ConfigError, NonFiniteGradientError, UnsupportedError
 
 NONFINITE_POLICIES = ("skip", "raise")
@@ -56,36 +57,7 @@ _FALSE = torch.zeros((), dtype=torch.bool)
 SPIKE_POLICIES = ("clip", "skip")
 
 
-@dataclass(frozen=True)
-class ClipResult:
-    """What one clipping step did. All fields are tensors on the gradients' device.
-
-    Attributes:
-        total_norm: global gradient norm before clipping (0-dim).
-        threshold: the norm (or, for ``value``/``agc``, the value or ratio) applied (0-dim).
-        clipped: whether the gradients were scaled or clamped this step (0-dim bool).
-        finite: whether the gradients were finite (0-dim bool); ``False`` means skipped.
-        skipped: whether this step's update is skipped (0-dim bool): non-finite gradients
-            under ``nonfinite="skip"``, a spike under ``spike="skip"``, or a step the
-            GradScaler skips.
-
-    >>> import torch
-    >>> from autoclip import NormClip
-    >>> p = torch.nn.Parameter(torch.zeros(1))
-    >>> p.grad = torch.tensor([2.0])
-    >>> res = NormClip(max_norm=1.0)([p])
-    >>> float(res.total_norm), float(res.threshold), bool(res.clipped), bool(res.finite)
-    (2.0, 1.0, True, True)
-    """
-
-    total_norm: Tensor
-    threshold: Tensor
-    clipped: Tensor
-    finite: Tensor
-    skipped: Tensor | None = None
-
-
-class BaseClipper(abc.ABC):
+class BaseClipper(_ClipperState, abc.ABC):
     """Base class: subclasses implement :meth:`_clip` and, if adaptive, :meth:`_observe`.
 
     The lifecycle is in the module docstring. A clipper that halves every gradient, and its
@@ -319,90 +291,6 @@ class BaseClipper(abc.ABC):
         step, ``spike`` a bool tensor (a spike to skip under ``spike="skip"``) or None."""
         raise NotImplementedError
 
-    # -- state -------------------------------------------------------------------------------
-    def _fold_steps(self) -> None:
-        if self._host_steps:
-            self._state["steps"] += self._host_steps
-            self._host_steps = 0
-        if self._host_clipped:
-            self._state["clipped"] += self._host_clipped
-            self._host_clipped = 0
-
-    @property
-    def steps(self) -> Tensor:
-        """Number of calls so far (tensor)."""
-        self._fold_steps()
-        return self._state["steps"]
-
-    @property
-    def skipped(self) -> Tensor:
-        """Number of skipped steps: non-finite, or spikes under ``spike="skip"`` (tensor)."""
-        return self._state["skipped"]
-
-    @property
-    def spikes(self) -> Tensor:
-        """Number of steps skipped as spikes (``spike="skip"``; tensor)."""
-        return self._state["spikes"]
-
-    @property
-    def clipped(self) -> Tensor:
-        """Number of steps that were clipped (tensor)."""
-        self._fold_steps()
-        return self._state["clipped"]
-
-    @property
-    def norm_threshold(self) -> float | None:
-        """The global-norm level the next step would be clipped above, as a host float (a
-        sync); None for a clipper whose threshold is not a level of the global norm (value,
-        AGC). Reports draw it on the norm plot."""
-        return None
-
-    def _to(self, device: torch.device) -> None:
-        if self._state["steps"].device != device:
-            self._fold_steps()
-            self._state = {k: v.to(device) for k, v in self._state.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Adaptive state and counters, plus the config, so a resumed run clips identically."""
-        self._fold_steps()
-        return {
-            "config": self.config,
-            "state": {k: v.detach().clone() for k, v in self._state.items()},
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved; a malformed one is a one-line ConfigError."""
-        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
-            raise ConfigError(
-                "state_dict must be the dict clipper.state_dict() returns, with a 'state' dict "
-                f"of tensors, but got {type(state_dict).__name__}"
-                + (f" with keys {sorted(state_dict)}" if isinstance(state_dict, dict) else "")
-            )
-        not_tensors = sorted(k for k, v in state_dict["state"].items() if not torch.is_tensor(v))
-        if not_tensors:
-            raise ConfigError(
-                f"state_dict['state'] entries {not_tensors} are not tensors; pass the dict "
-                "clipper.state_dict() returned (torch.load it with weights_only=False if saved)"
-            )
-        if state_dict.get("config", self.config) != self.config:
-            raise ConfigError(
-                f"state_dict was saved by {state_dict['config']}, but this clipper is "
-                f"{self.config}; build the clipper with create_clipper(**config) first"
-            )
-        saved = dict(state_dict["state"])
-        # Saved before the spike counter existed: it counted no spikes.
-        saved.setdefault("spikes", torch.zeros((), dtype=torch.long))
-        missing = set(self._state) - set(saved)
-        if missing:
-            raise ConfigError(f"state_dict lacks the entries {sorted(missing)}")
-        device = self._state["steps"].device
-        # Each entry keeps this clipper's dtype (ZScoreClip's state used to be float64).
-        self._state = {
-            k: saved[k].detach().clone().to(device=device, dtype=v.dtype)
-            for k, v in self._state.items()
-        }
-        self._host_steps = self._host_clipped = 0
-
     # -- config ------------------------------------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -421,26 +309,3 @@ class BaseClipper(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> None:
-    """Raise a ConfigError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"`{name}` must be one of {choices}, but got {value!r}")
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise a ConfigError unless ``value`` is a finite number > 0 (or >= 0)."""
-    # a bool is an int to Python, but True as a threshold is a mistake, not 1.0
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and value == value and value not in (float("inf"),)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"`{name}` must be a finite number {rule}, but got {value!r}")
-
-
-def check_fraction(name: str, value: float) -> None:
-    """Raise a ConfigError unless ``0 < value < 1``."""
-    if not (isinstance(value, int | float) and not isinstance(value, bool) and 0.0 < value < 1.0):
-        raise ConfigError(f"`{name}` must satisfy 0 < {name} < 1, but got {value!r}")

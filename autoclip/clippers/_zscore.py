@@ -28,7 +28,8 @@ import math
 import torch
 
 from autoclip.clippers import _loss
-from autoclip.clippers._base import SPIKE_POLICIES, check_choice, check_fraction, check_positive
+from autoclip.clippers._base import SPIKE_POLICIES
+from autoclip.clippers._checks import check_choice, check_fraction, check_positive
 from autoclip.clippers._normbased import NormBasedClipper
 from autoclip.clippers._registry import register_clipper
 from autoclip.errors import ConfigError
