@@ -74,7 +74,7 @@ def format_tune(result: TuneResult) -> str:
         note = f"baseline, {r.steps_run} steps" + (" (diverged)" if r.diverged else "")
         lines.append(row("", name, r.values, note))
     lines += _lineage(result)
-    lines.append(f"({OBJECTIVE_NOTE}; pruned trials and baselines: forecasts at their rung)")
+    lines.append(f"({OBJECTIVE_NOTE}; pruned trials and baselines: as measured at their rung)")
     return "\n".join(lines)
 
 
@@ -128,7 +128,7 @@ def tune_markdown(result: TuneResult) -> str:
             f"{result.proposal.reason}",
             "",
             f"{result.mode} mode, {len(result.trials)} trials; {OBJECTIVE_NOTE}. A pruned "
-            "trial's values are forecasts from its partial learning curve.",
+            "trial's values are those of its partial learning curve at the rung it reached.",
             "",
             "## Cost",
             "",

@@ -41,7 +41,7 @@ class TrialRecord:
     clipped_fraction: float | None = None
     steps_run: int = 0
     retry_of: int | None = None
-    rungs: tuple[tuple[int, float, float], ...] = ()  # (step, loss, forecast) at each rung
+    rungs: tuple[tuple[int, float, float], ...] = ()  # (step, loss, level) at each rung
 
     @property
     def label(self) -> str:

@@ -146,7 +146,9 @@ def tune(
         workers: local worker processes (> 1 needs a storage that processes share).
         probe_steps: warm-up steps of the probe that builds the proposal (default: a tenth
             of ``steps``, within [20, 100]).
-        strategies: restrict the strategies searched (default: the proposal's).
+        strategies: the strategies searched (default: the recommended one alone, its
+            first trials a ladder of its threshold; several: the proposal's candidates first,
+            e.g. ``proposal.space.strategies`` for all of them).
         tune_lr: also search a learning-rate multiplier in ``[1/lr_range, lr_range]``.
         max_instability: the constraint of ``"single"`` mode.
         baselines: also train no clipping and fixed norm 1.0 for comparison, each for the
