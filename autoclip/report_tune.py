@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoclip.report import _figure_class, _save, markdown_table, write_json
+from autoclip._plots import _figure_class, _save
+from autoclip.report import markdown_table, write_json
 from autoclip.search import TuneResult
 
 __all__ = ["OBJECTIVE_NOTE", "format_tune", "plot_tune", "tune_markdown", "write_tune_report"]
