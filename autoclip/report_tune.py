@@ -1,7 +1,8 @@
 """Reports of a search: text, Markdown, JSON and a plot of a :class:`TuneResult`.
 
-The shared helpers (tables, saving figures, JSON) are :mod:`autoclip.report`'s; these names
-are reachable from there too (``autoclip.report.format_tune``).
+The shared helpers are :mod:`autoclip.report`'s (tables, JSON) and ``autoclip._plots``'
+(matplotlib, imported when a figure is drawn, and saving it); these names are reachable from
+:mod:`autoclip.report` too (``autoclip.report.format_tune``).
 """
 
 from __future__ import annotations
