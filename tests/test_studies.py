@@ -21,6 +21,7 @@ STUDIES = sorted(bundled_studies())
 def test_the_benchmark_tasks_are_bundled():
     assert {"digits_mlp", "lstm_adding", "char_lstm", "tiny_transformer"} <= set(STUDIES)
     assert {"sgd_transformer", "ar_forecast", "adamw_spiky"} <= set(STUDIES)
+    assert {"gru_classify", "conv_digits", "deep_regression"} <= set(STUDIES)
 
 
 def test_the_forecasting_series_is_on_a_scale_well_above_one():
@@ -64,6 +65,9 @@ def test_study_is_reproducible_from_its_seed(name):
         "sgd_transformer",
         "ar_forecast",
         "adamw_spiky",
+        "gru_classify",
+        "conv_digits",
+        "deep_regression",
     ],
 )
 def test_held_out_data_does_not_depend_on_the_seed(name):
