@@ -57,7 +57,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_workers.md"
 TARGET = f"{Path(__file__).resolve()}:bench_task"  # a file target, so workers can load it
 WIDTH = 128  # ~35k parameters: a trial is a few hundred small CPU steps
 STEPS = 1400  # about a second per trial on one core
-TRIALS = 16  # per run: several trials per worker, so start-up is a small share of the run
+# Per run: enough trials a worker that the run's two ends are a small share of it: the
+# spawned worker's first trial starts up to half a trial late (a fresh Python importing
+# torch, when the probe is shorter than that), and one worker's last trial ends up to half a
+# trial after the other's; over 8 trials a worker that is ~12% of the span, over 16 ~6%.
+TRIALS = 32
 ROUNDS = 3  # per storage; other work on the machine comes and goes, so medians of rounds
 
 

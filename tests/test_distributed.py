@@ -31,7 +31,8 @@ import pytest
 from optuna.trial import TrialState
 
 import autoclip
-from autoclip.search import _enqueue_params, load_result, open_storage, tune
+from autoclip.search import load_result, open_storage, tune
+from autoclip.search._space import first_trials
 from autoclip.search._study import _proposal_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -224,10 +225,11 @@ def _created(storage: str, name: str) -> bool:
 
 
 def _enqueued(storage: str, name: str) -> list[dict]:
-    """The proposal candidates' parameters, as the coordinator enqueued them."""
+    """The first trials' parameters (the ladder), as the coordinator enqueued them."""
     attrs = _study(storage, name).user_attrs
     proposal = _proposal_of(_store(storage), name)
-    return _enqueue_params(proposal, attrs[ATTR + "settings"]["strategies"])
+    strategies = attrs[ATTR + "settings"]["strategies"]
+    return first_trials(proposal, strategies, attrs[ATTR + "enqueued"])
 
 
 # -- many workers, one study -----------------------------------------------------------------
@@ -269,9 +271,9 @@ def test_workers_on_one_study_complete_exactly_n_trials_without_duplicates(stora
     assert sum(r.state == "COMPLETE" for r in result.trials) == n
     assert len({_pid(t) for t in complete}) >= 2, "only one worker ran"
 
-    # The coordinator enqueued every candidate exactly once, before any sampled trial.
+    # The coordinator enqueued the first trials exactly once (the ladder: the whole budget).
     enqueued = _enqueued(storage, name)
-    assert 1 <= len(enqueued) < n
+    assert 1 <= len(enqueued) <= n
     from_queue = [t for t in trials if "fixed_params" in t.system_attrs]
     assert len(from_queue) == len(enqueued)
     for params in enqueued:

@@ -355,3 +355,75 @@ def test_two_workers_split_the_budget_into_brackets_of_their_share(tmp_path):
     res = tune(target, n_trials=6, steps=30, storage=path, probe_steps=10, workers=2)
     states = [t.state for t in res.trials]
     assert len(states) == 6 and states.count("COMPLETE") == 2 and states.count("PRUNED") == 4
+
+
+def test_the_first_trials_are_a_ladder_through_the_measured_value(result):
+    """By default the recommended strategy alone: its threshold on a log-spaced ladder over
+    the proposal's range, the measured value first, then outward (the looser of two first)."""
+    from autoclip.search._space import default_strategies, first_trials
+
+    proposal = result.proposal
+    rec = proposal.recommended
+    assert default_strategies(proposal) == (rec.strategy,)
+    low, high = proposal.space.range(rec.strategy)
+    key = f"clip.{rec.strategy}.max_norm"
+    ladder = [p[key] for p in first_trials(proposal, (rec.strategy,), 9)]
+    centre = rec.params["max_norm"]
+    assert ladder[0] == pytest.approx(centre) and len(set(ladder)) == 9
+    assert all(low - 1e-12 <= v <= high + 1e-12 for v in ladder)
+    steps = sorted(math.log(v) for v in ladder)
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    assert max(gaps) == pytest.approx(min(gaps))  # evenly spaced on a log scale
+    assert ladder[1] > centre > ladder[2]  # equally near: the looser first
+    # the trials ran in that order, each with its rung of the ladder
+    ran = [t.config["max_norm"] for t in sorted(result.trials, key=lambda t: t.number)]
+    assert ran == pytest.approx([p[key] for p in first_trials(proposal, (rec.strategy,), 8)])
+    # several strategies: the recommendation, then each candidate
+    several = first_trials(proposal, proposal.space.strategies, 9)
+    assert [p["clip.strategy"] for p in several][0] == rec.strategy
+    assert len({p["clip.strategy"] for p in several}) == len(proposal.space.strategies)
+
+
+def test_a_failed_probe_stops_the_worker_processes_it_started(tmp_path):
+    """Local workers start before the probe (their start-up overlaps it); when the probe
+    fails they are stopped too, and no half-made study is left behind."""
+    import multiprocessing
+
+    from autoclip.errors import AutoclipError
+
+    target = f"{__import__('pathlib').Path(__file__).parent / '_bad_tasks.py'}:scalar"
+    path = str(tmp_path / "w.journal")
+    with pytest.raises(AutoclipError, match="scalar"):
+        tune(target, n_trials=4, steps=20, storage=path, probe_steps=5, workers=2)
+    assert multiprocessing.active_children() == []
+    storage = autoclip.search.open_storage(path)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == []
+
+
+def test_surplus_trials_and_retried_failures_do_not_count_towards_the_budget():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from autoclip.search._budget import _counted, _rank
+
+    def trial(number, state, **attrs):
+        t = create_trial(
+            state=state,
+            params={"x": 1.0},
+            distributions={"x": FloatDistribution(0.0, 2.0)},
+            values=[1.0] if state == TrialState.COMPLETE else None,
+            user_attrs=attrs,
+        )
+        t.number = number
+        return t
+
+    trials = [
+        trial(0, TrialState.COMPLETE),
+        trial(1, TrialState.FAIL),  # retried by 4: its slot is 4's
+        trial(2, TrialState.FAIL, **{"autoclip.trial": {"surplus": True}}),  # beyond the budget
+        trial(3, TrialState.WAITING),
+        trial(4, TrialState.WAITING, **{"autoclip.retry_of": 1}),
+    ]
+    assert [t.number for t in _counted(trials)] == [0, 3, 4]
+    assert _rank(trials, 4) == 1  # the retry takes the slot of the trial it retries
+    assert _rank(trials, 3) == 2

@@ -46,7 +46,7 @@ from autoclip.search._result import (
     describe_config,
     load_result,
 )
-from autoclip.search._space import _enqueue_params, suggest_clipper  # noqa: F401 (tests)
+from autoclip.search._space import suggest_clipper
 from autoclip.search._store import open_storage
 from autoclip.search._tune import tune
 

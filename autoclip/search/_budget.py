@@ -20,7 +20,8 @@ def _retry_of(t: FrozenTrial) -> int | None:
 
 def _excluded(trials: Sequence[FrozenTrial]) -> set[int]:
     """Trials that do not count towards n_trials: surplus ones, and failures that were retried."""
-    out = {t.number for t in trials if t.user_attrs.get(ATTR + "surplus")}
+    # a surplus trial says so in its one record (written by _workers._objective's caller)
+    out = {t.number for t in trials if (t.user_attrs.get(ATTR + "trial") or {}).get("surplus")}
     out |= {r for t in trials if (r := _retry_of(t)) is not None}
     return out
 
