@@ -450,6 +450,43 @@ def test_an_interrupted_tune_resumes_when_rerun(storage, tmp_path):
         assert sum(t["state"] == "COMPLETE" for t in result["trials"]) == n
 
 
+def test_ctrl_c_while_the_workers_start_prints_one_line_and_leaves_no_process(tmp_path):
+    """`--workers 2` starts its worker before the probe; a Ctrl-C to the whole process group
+    (as a terminal sends it) while the coordinator probes: exit 130 with the one line, no
+    traceback from the worker (it starts with SIGINT ignored), and no process left behind."""
+    path, name = str(tmp_path / "study.journal"), "ctrl-c"
+    log = tmp_path / "ctrl-c.log"
+    args = ["tune", SLOW, "--trials", "4", "--steps", str(4 * SLOW_STEPS), "--workers", "2"]
+    args += ["--storage", path, "--study", name, "--probe-steps", "100", "-q"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoclip", *args, "--out", str(tmp_path / "out")],
+            stdout=out,
+            stderr=out,
+            cwd=tmp_path,
+            env=_ENV,
+            preexec_fn=_sigint_default,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+    _wait_for("the study to be created", lambda: _created(path, name), 120, proc, log)
+    assert not _study(path, name).user_attrs.get(ATTR + "ready")  # still probing
+    os.killpg(proc.pid, signal.SIGINT)
+    assert _finish(proc, log) == 130, log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0], text
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    _wait_for("the worker process to end", group_gone, 30)
+
+
 def test_a_rerun_takes_over_a_study_whose_coordinator_died_while_probing(tmp_path):
     path = str(tmp_path / "study.journal")
     gone = subprocess.run(

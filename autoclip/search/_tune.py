@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +55,25 @@ def _baselines(task: Task, steps: int, steps_so_far: dict[str, Any]) -> dict[str
             steps_run=log.steps_run,
         )
     return out
+
+
+INTERRUPT_GRACE = 10.0  # seconds the workers get to end on their own after a Ctrl-C
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Start worker processes with SIGINT ignored (a disposition that survives exec), so that
+    a Ctrl-C while they import torch and wait for the probe reaches only this process, which
+    stops them, instead of printing a traceback from each; a worker takes SIGINT back once
+    the study is ready (``_workers._worker_process``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _check_arguments(
@@ -228,8 +250,9 @@ def tune(
         )
         for i in range(1, workers)
     ]
-    for p in procs:
-        p.start()
+    with _sigint_ignored():  # inherited through exec: a Ctrl-C while they start is ours
+        for p in procs:
+            p.start()
     try:
         _create_if_absent(store, study_name, task, settings, probe_steps, n_trials, fp)
         study, proposal, settings = _load_study(store, study_name, seed=seed)
@@ -257,13 +280,16 @@ def tune(
             watcher=os.getpid(),
             between_trials=watch.check,
         )
+    except KeyboardInterrupt:
+        watch.stop(grace=INTERRUPT_GRACE)
+        raise
     finally:
         durations = [
             (t.datetime_complete - t.datetime_start).total_seconds()
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.datetime_start and t.datetime_complete
         ]
-        watch.join(wait_limit(durations))
+        watch.join(wait_limit(durations))  # nothing left to wait for after a Ctrl-C
 
     attrs = study.user_attrs
     base = attrs.get(ATTR + "baselines", {})

@@ -121,6 +121,20 @@ class LocalWorkers:
             if p.exitcode is not None:
                 self._alive.remove(p)
 
+    def stop(self, grace: float) -> None:
+        """After a Ctrl-C: give the workers ``grace`` seconds to end on their own (one that
+        was running trials took the Ctrl-C too, and fails them as interrupted), then stop the
+        rest (one still starting had it ignored); a stopped worker's trial is retried by the
+        rerun, as a dead worker's."""
+        deadline = time.monotonic() + grace
+        for p in list(self._alive):
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self._alive:
+            if p.exitcode is None:
+                p.terminate()
+                p.join(timeout=10)
+        self._alive = []
+
     def join(self, limit: float, what: str = "its last trial") -> None:
         """Wait up to ``limit`` seconds for every worker to finish ``what``; then stop them.
 

@@ -376,4 +376,12 @@ def _worker_process(
         )
     except KeyboardInterrupt:  # Ctrl-C during the probe: the coordinator says so, once
         return
-    _run_worker(study, store, task, proposal, settings, n_trials, share=share, watcher=os.getppid())
+    # Started with SIGINT ignored (see tune): from now on a Ctrl-C interrupts this worker's
+    # trials, which are failed as interrupted and retried by the next run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _run_worker(
+            study, store, task, proposal, settings, n_trials, share=share, watcher=os.getppid()
+        )
+    except KeyboardInterrupt:  # its interrupted trials are requeued; the coordinator says so
+        return
