@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "shuffled_batches",
     "VOCAB",
     "UNKNOWN",
     "lm_eval_windows",
@@ -80,3 +81,19 @@ def lm_loss(model, batch):
     x, y = batch  # [B, T], [B, T]
     logits = model(x)  # [B, T, V]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def shuffled_batches(
+    x: Tensor, y: Tensor, *, batch_size: int, steps: int, seed: int
+) -> list[tuple[Tensor, Tensor]]:
+    """``steps`` minibatches of ``(x, y)``: epoch after epoch, each a fresh permutation from
+    ``seed``, the ragged last batch of each epoch dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    per_epoch = len(x) // batch_size
+    batches = []
+    while len(batches) < steps:
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(per_epoch):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            batches.append((x[idx], y[idx]))
+    return batches[:steps]

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from autoclip.task import Task
+from autoclip_studies._data import shuffled_batches
 
 CHANNELS = (16, 32, 64)
 BATCH_SIZE = 64
@@ -88,14 +89,7 @@ def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.T
 def make_task(seed: int = 0) -> Task:
     """The digits CNN task; ``seed`` fixes the initial weights and the minibatch order."""
     x_train, y_train, x_test, y_test = _load()
-    gen = torch.Generator().manual_seed(seed)
-    per_epoch = len(x_train) // BATCH_SIZE  # drop the ragged last batch
-    batches = []
-    while len(batches) < STEPS:
-        order = torch.randperm(len(x_train), generator=gen)
-        for i in range(per_epoch):
-            idx = order[i * BATCH_SIZE : (i + 1) * BATCH_SIZE]
-            batches.append((x_train[idx], y_train[idx]))
+    batches = shuffled_batches(x_train, y_train, batch_size=BATCH_SIZE, steps=STEPS, seed=seed)
 
     def eval_fn(model: nn.Module) -> float:
         return F.cross_entropy(model(x_test), y_test).item()
@@ -106,7 +100,7 @@ def make_task(seed: int = 0) -> Task:
             params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
         ),
         loss_fn=_loss,
-        batches=batches[:STEPS],
+        batches=batches,
         eval_fn=eval_fn,
         seed=seed,
         steps=STEPS,
