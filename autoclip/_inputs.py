@@ -45,6 +45,24 @@ def _check_loss(loss: Any) -> None:
         )
 
 
+def _backward(model, loss_fn, batch, params, optimizer, scaler, first: bool) -> Tensor:
+    """One step's gradients, as the warm-up and the races take them: the grads cleared, the
+    loss (checked on the ``first`` step) as a 0-d tensor, backward, and under a GradScaler
+    unscaled (so that what is measured or clipped is the true gradient)."""
+    for p in params:
+        p.grad = None
+    loss = loss_fn(model, batch)
+    if first:
+        _check_loss(loss)
+    loss = loss.reshape(())
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    return loss
+
+
 def _params_of(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     """The optimizer's parameters that require grad, each once, in group order."""
     if not isinstance(optimizer, torch.optim.Optimizer):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from autoclip._collect import _groups, _LayerNorms, _param_names, _Sampler
-from autoclip._inputs import _check_loss, _cycle
+from autoclip._inputs import _backward, _cycle
 from autoclip._trace import GradTrace
 from autoclip.divergence import DivergenceCheck
 from autoclip.errors import TaskError
@@ -94,17 +94,7 @@ def _warm_up(
                 raise TaskError("batches is empty: give at least one batch") from None
             reason = f"the batches ran out after {step} steps"
             break
-        for p in params:
-            p.grad = None
-        loss = loss_fn(model, batch)
-        if step == 0:
-            _check_loss(loss)
-        loss = loss.reshape(())
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # measure (and clip) the true gradients
-        else:
-            loss.backward()
+        loss = _backward(model, loss_fn, batch, params, optimizer, scaler, first=step == 0)
         grads = [p.grad for p in params]
         with torch.no_grad():
             layer = layer_norms(grads)  # [n_layers]

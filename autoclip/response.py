@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from autoclip._curve import ResponseCurve, _fmt
-from autoclip._inputs import _check_loss, _cycle, _params_of
+from autoclip._inputs import _backward, _cycle, _params_of
 from autoclip._snapshot import _Snapshot
 from autoclip.clippers import NormClip
 from autoclip.divergence import DivergenceCheck
@@ -114,17 +114,7 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
     rule = DivergenceCheck(explode_factor=DIVERGE_FACTOR)  # the clipper skips non-finite steps
     reason = None
     for step, batch in enumerate(batches):
-        for p in params:
-            p.grad = None
-        loss = loss_fn(model, batch)
-        if step == 0:
-            _check_loss(loss)
-        loss = loss.reshape(())
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients
-        else:
-            loss.backward()
+        loss = _backward(model, loss_fn, batch, params, optimizer, scaler, first=step == 0)
         result = clip(params)
         if scaler is not None:
             scaler.step(optimizer)
