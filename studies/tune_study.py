@@ -47,23 +47,11 @@ import torch
 
 import autoclip
 from autoclip.objectives import final_loss
+from autoclip.task import bundled_studies
 from autoclip.training import train
 
 GRID = [float(m) for m in np.geomspace(0.01, 100, 12)]
-TASKS = (
-    "digits_mlp",
-    "relu_rnn",
-    "lstm_adding",
-    "tiny_transformer",
-    "char_lstm",
-    "sgd_transformer",
-    "ar_forecast",
-    "adamw_spiky",
-    # written after the rung rule was fixed, by a session that ran no search on them
-    "gru_classify",
-    "conv_digits",
-    "deep_regression",
-)
+TASKS = tuple(sorted(bundled_studies()))  # every bundled study (the autoclip.studies group)
 DESIGN = ("relu_rnn", "lstm_adding", "digits_mlp")  # the rung rule was designed on these
 HERE = Path(__file__).parent / "results"
 CACHE = HERE / "tune_study"
