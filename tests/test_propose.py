@@ -59,9 +59,9 @@ def test_every_candidate_builds_its_clipper_and_lies_in_its_search_range():
     ratios = [0.01 * (i + 1) for i in range(10)]
     p90 = np.percentile(ratios, 90)
     assert p.candidate("agc").params["clipping"] == pytest.approx(p90, rel=0.05)
-    # max_norm range: a tenth to ten times the median
+    # max_norm range: 1.5 decades either side of the median
     med = p.recommended.params["max_norm"]
-    assert p.space.norm == pytest.approx((med / 10, med * 10), rel=0.05)
+    assert p.space.norm == pytest.approx((med / 10**1.5, med * 10**1.5), rel=0.05)
 
 
 def test_the_startup_transient_does_not_bias_the_threshold():
