@@ -109,6 +109,9 @@ def main() -> None:
         results["agc_error"] = str(exc)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
+    # Both ranks reach the end before either tears gloo down: a rank that exits while the
+    # other still talks to it can abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
