@@ -107,9 +107,11 @@ NORM_SPAN = 10**1.5
 
 def norm_range(st: Any, p: dict[str, Any]) -> tuple[float, float]:
     # from the candidate / 31.6 (every step clipped: normalised-gradient descent) to
-    # candidate x 31.6 (past the loose end of the 5-10x rule of thumb)
+    # candidate x 31.6 (past the loose end of the 5-10x rule of thumb); after a warm-up that
+    # blew up, only a decade up: looser than that is where it blew up
     m = p["max_norm"]
-    return sig(m / NORM_SPAN), sig(NORM_SPAN * m)
+    up = 10.0 if getattr(st, "diverged", False) else NORM_SPAN
+    return sig(m / NORM_SPAN), sig(up * m)
 
 
 def value_range(st: Any, p: dict[str, Any]) -> tuple[float, float]:

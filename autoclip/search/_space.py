@@ -138,8 +138,12 @@ def _ladder_params(
         values = values * (centre / values[nearest])
     else:
         values = values + (centre - values[nearest])
-    tol = 1e-9 * (high - low)  # the shifted ends may miss the range by a rounding error
-    values = [float(np.clip(v, low, high)) for v in values if low - tol <= v <= high + tol]
+    # The shifted ends may overshoot the range by the rounding of its ends (2 significant
+    # digits: up to 5%), a tenth of a step here: those are pulled in; a rung further out
+    # (the centre far from the range's middle) is dropped.
+    step = (scale(high) - scale(low)) / max(1, m - 1)
+    lo, hi = scale(low) - step / 10, scale(high) + step / 10
+    values = [float(np.clip(v, low, high)) for v in values if lo <= scale(v) <= hi]
     values.sort(key=lambda v: (round(abs(scale(v) - scale(centre)), 9), -v))
     name = f"{prefix}.{strategy}.{info.param}"
     return [{f"{prefix}.strategy": strategy, name: v} for v in values[:n]]
