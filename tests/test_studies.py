@@ -68,6 +68,9 @@ def test_study_is_reproducible_from_its_seed(name):
         "gru_classify",
         "conv_digits",
         "deep_regression",
+        "hetero_regression",
+        "vae_digits",
+        "resmlp_friedman",
     ],
 )
 def test_held_out_data_does_not_depend_on_the_seed(name):
