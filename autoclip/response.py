@@ -16,9 +16,10 @@ clipped"). Each race
   through the threshold;
 * trains ``race_steps`` steps, clipped at its threshold *from the first step*, so a model
   that blows up unclipped is measured under control instead of giving up;
-* stops early when it diverges (a NaN/inf loss, a loss ``DIVERGE_FACTOR`` x the first one,
-  or ten non-finite gradients in a row: :mod:`autoclip.divergence`'s rule, with a lower
-  factor).
+* stops early when it diverges (a NaN/inf loss, ten non-finite gradients in a row:
+  :mod:`autoclip.divergence`'s rule; or a loss that stays above ``DIVERGE_FACTOR`` x the
+  first one: the median of the last ``DIVERGE_WINDOW`` steps, so that one outlier batch is
+  a spike, not a divergence).
 
 Scoring. A race scores the median training loss of its last quarter (lower is better; the
 batches are the same for every candidate); a loss spike (a loss above twice the median of
@@ -66,8 +67,12 @@ LOW_EXPONENT = -4  # in half decades from the anchor
 STEP = 10**0.5
 EXTEND = 1  # budgeted rungs below the ladder when its lowest rung wins (or all diverge)
 REFINE = 1  # one race halfway (in log) between the choice and the rung below it
-# A race whose loss passes 4x its first loss is not coming back within a short race.
+# A race whose loss stays above 4x its first loss is not coming back within a short race.
+# "Stays": the median of the last DIVERGE_WINDOW losses, so one batch whose loss is an
+# outlier (heavy-tailed targets under a likelihood loss: every race has it at the same step,
+# however tight its threshold) is a spike, penalised as one, and not a divergence.
 DIVERGE_FACTOR = 4.0
+DIVERGE_WINDOW = 5
 RACES = CANDIDATES + EXTEND + REFINE  # the budget is shared out between this many races
 MAX_RACES = 3 * RACES  # when races diverge within a few steps, more of them fit the budget
 SYNC_EVERY = 10
@@ -111,7 +116,8 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
     losses: list[float] = []
     norms: list[float] = []
     n_clipped = 0
-    rule = DivergenceCheck(explode_factor=DIVERGE_FACTOR)  # the clipper skips non-finite steps
+    # non-finite losses and runs of skipped steps; the explosion is checked on a window below
+    rule = DivergenceCheck(explode_factor=math.inf)  # the clipper skips non-finite steps
     reason = None
     for step, batch in enumerate(batches):
         loss = _backward(model, loss_fn, batch, params, optimizer, scaler, first=step == 0)
@@ -136,7 +142,7 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
             losses.append(loss_f)
             norms.append(norm_f)
             n_clipped += bool(was_clipped)
-            reason = rule(len(losses) - 1, loss_f, math.isfinite(norm_f))
+            reason = rule(len(losses) - 1, loss_f, math.isfinite(norm_f)) or _exploded(losses)
             if reason is not None:
                 break
         pending.clear()
@@ -150,6 +156,20 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
         diverged=reason is not None,
         reason=reason,
     )
+
+
+def _exploded(losses: Sequence[float]) -> str | None:
+    """Why a race's loss has exploded: the median of its last ``DIVERGE_WINDOW`` losses is
+    above ``DIVERGE_FACTOR`` x its first (None while it is not)."""
+    first = losses[0]
+    recent = float(np.median(losses[-DIVERGE_WINDOW:]))
+    if first > 0 and recent > DIVERGE_FACTOR * first:
+        return (
+            f"loss exploded: the median of its last {min(len(losses), DIVERGE_WINDOW)} steps, "
+            f"{recent:.4g}, is > {DIVERGE_FACTOR:g}x the first ({first:.4g}) at step "
+            f"{len(losses) - 1}"
+        )
+    return None
 
 
 def _spikes(losses: Sequence[float]) -> list[int]:

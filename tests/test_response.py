@@ -169,6 +169,38 @@ def test_a_model_that_diverges_in_its_first_steps_gets_a_working_threshold():
     assert np.mean(trained[-16:]) < 0.5 * first
 
 
+def _one_outlier_batch():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 1, generator=g)
+    data = []
+    for i in range(8):
+        x = torch.randn(32, 8, generator=g)
+        y = x @ w + 0.1 * torch.randn(32, 1, generator=g)
+        if i == 5:  # heavy-tailed targets: this batch's loss is ~10x the first, at any weights
+            y = y + 10 * torch.randn(32, 1, generator=g)
+        data.append((x, y))
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1)
+    return model, torch.optim.SGD(model.parameters(), lr=0.05), data
+
+
+def test_one_outlier_batch_is_a_spike_in_every_race_not_a_divergence():
+    """A batch whose loss is far above the first one whatever the threshold does not make
+    every race diverge (which sent the answer down the all-diverged path to 1e-20); a loss
+    that stays up still does."""
+    model, opt, data = _one_outlier_batch()
+    with torch.no_grad():
+        assert _mse(model, data[5]).item() > 4 * _mse(model, data[0]).item()
+    curve = measure_response(model, opt, _mse, data, anchor=1.0, budget=400)
+    assert not any(curve.diverged), curve.thresholds
+    assert 0.1 <= curve.chosen <= 10
+    # an explosion that lasts: the loosest race of the exploding model stops within steps
+    model, opt, data = _exploding_setup()
+    curve = measure_response(model, opt, _mse, data, anchor=100.0, budget=400)
+    assert curve.diverged[-1] and len(curve.losses[-1]) < 10
+    assert not curve.diverged[0]
+
+
 def test_a_warm_up_stopped_early_cites_no_nan_and_serialises_to_strict_json():
     model, opt, data = _exploding_setup()
     # lr high enough that the unclipped warm-up dies within its first steps
