@@ -16,11 +16,13 @@ Two rates per run:
 * **trials/min (wall)**: trials over the whole ``tune`` call, including the probe, the
   worker processes' start-up (a fresh Python importing torch) and the storage set-up.
 
-A control opens every round and says what the machine can give a second process at all right
-then: the bare training loop (no search, no Optuna) in 2 processes versus 1. On an idle
+A control opens and closes every round and says what the machine can give a second process
+at all right then: the bare training loop (no search, no Optuna) in 2 processes versus 1, the
+round's figure the mean of the two. On an idle
 2-core machine it is close to 2x; when other work shares the cores it is lower (Linux shares
 CPU time fairly between login sessions, so a busy neighbour caps what a second worker adds),
-and the workers' ratio of that round is to be read against it.
+and the workers' ratio of that round is to be read against it: the last column, the
+workers' ratio over the control's, is the share of that gain that the search keeps.
 
 The task (``bench_task``, below) trains a small MLP for a fixed number of steps at a learning
 rate too low to diverge, so every trial costs about the same whatever clipper it samples and
@@ -215,7 +217,8 @@ def machine(load_before: tuple[float, float, float]) -> str:
 
 @dataclass(frozen=True)
 class Round:
-    """One storage, measured back to back: the control, then 1 worker, then 2 workers."""
+    """One storage, measured back to back: the control, 1 worker, 2 workers, the control
+    again (``control`` is the mean of the two)."""
 
     control: float
     one: Run
@@ -229,14 +232,19 @@ class Round:
     def ratio_wall(self) -> float:
         return self.two.per_min_wall / self.one.per_min_wall
 
+    @property
+    def of_control(self) -> float:
+        return self.ratio / self.control
+
 
 def run_rounds(label: str, storage_for, args) -> list[Round]:
     rounds = []
     for i in range(args.rounds):
-        c = control(args.control_steps)
+        before = control(args.control_steps)
         one = measure(label, storage_for(i, 1), 1, args.trials, args.steps)
         two = measure(label, storage_for(i, 2), 2, args.trials, args.steps)
-        rounds.append(Round(c, one, two))
+        after = control(args.control_steps)
+        rounds.append(Round((before + after) / 2, one, two))
         print(_line(i, rounds[-1]), flush=True)
     return rounds
 
@@ -290,7 +298,9 @@ def main(argv: list[str] | None = None) -> None:
             "measures, back to back, the control (the bare training loop, "
             f"{args.control_steps} steps, no search, in 2 processes versus 1: what a second "
             "process could add on this machine at that moment), then 1 worker, then 2 "
-            "workers. 'trials' rates span the first trial's start to the last trial's end; "
+            "workers, then the control again (the round's control is the mean of the two; "
+            "'of control' is the workers' ratio over it). 'trials' rates span the first "
+            "trial's start to the last trial's end; "
             "'wall' rates cover the whole `tune` call (probe and worker start-up included). "
             "The summary rows are medians over the rounds.",
             "",
@@ -305,29 +315,31 @@ def _line(i: int, r: Round) -> str:
     return (
         f"{r.one.storage:>12}, round {i + 1}: control {r.control:.2f}x; trials/min "
         f"{r.one.per_min:6.1f} (1 worker), {r.two.per_min:6.1f} (2 workers): {r.ratio:.2f}x "
-        f"(wall {r.ratio_wall:.2f}x)"
+        f"(wall {r.ratio_wall:.2f}x), {r.of_control:.0%} of the control"
     )
 
 
 def _table(results: dict[str, list[Round]]) -> str:
     rows = [
         "| storage | round | control 2/1 | trials/min, 1 worker | trials/min, 2 workers "
-        "| ratio 2/1 (trials) | ratio 2/1 (wall) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| ratio 2/1 (trials) | ratio 2/1 (wall) | of control |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     med = statistics.median
     for label, rounds in results.items():
         for i, r in enumerate(rounds):
             rows.append(
                 f"| {label} | {i + 1} | {r.control:.2f}x | {r.one.per_min:.1f} "
-                f"| {r.two.per_min:.1f} | {r.ratio:.2f}x | {r.ratio_wall:.2f}x |"
+                f"| {r.two.per_min:.1f} | {r.ratio:.2f}x | {r.ratio_wall:.2f}x "
+                f"| {r.of_control:.0%} |"
             )
         rows.append(
             f"| **{label}** | **median** | **{med(r.control for r in rounds):.2f}x** "
             f"| **{med(r.one.per_min for r in rounds):.1f}** "
             f"| **{med(r.two.per_min for r in rounds):.1f}** "
             f"| **{med(r.ratio for r in rounds):.2f}x** "
-            f"| **{med(r.ratio_wall for r in rounds):.2f}x** |"
+            f"| **{med(r.ratio_wall for r in rounds):.2f}x** "
+            f"| **{med(r.of_control for r in rounds):.0%}** |"
         )
     return "\n".join(rows)
 

@@ -428,3 +428,40 @@ def test_surplus_trials_and_retried_failures_do_not_count_towards_the_budget():
     assert [t.number for t in _counted(trials)] == [0, 3, 4]
     assert _rank(trials, 4) == 1  # the retry takes the slot of the trial it retries
     assert _rank(trials, 3) == 2
+
+
+def test_a_surplus_trial_is_not_reported_as_a_failure_but_a_real_failure_is():
+    """A worker that loses the race for the budget's last slot ends its trial quietly (no
+    warning, no traceback in a worker's stderr); a trial that really fails still warns."""
+    import logging
+
+    from autoclip.search._budget import _Surplus, quiet_surplus
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    keep = Keep()
+    root = logging.getLogger("optuna")
+    root.addHandler(keep)
+    try:
+        quiet_surplus()
+        quiet_surplus()  # once only
+        assert sum(type(f).__name__ == "_QuietSurplus" for f in keep.filters) == 1
+
+        def objective(trial):
+            if trial.number == 0:
+                raise _Surplus("trial 0 is beyond the budget of 0 trials")
+            raise ValueError("a real failure")
+
+        study = optuna.create_study()
+        study.optimize(objective, n_trials=2, catch=(Exception,))
+    finally:
+        root.removeHandler(keep)
+    said = [r.getMessage() for r in keep.records]
+    assert not any("Trial 0" in m for m in said), said
+    assert any("Trial 1 failed" in m and "a real failure" in m for m in said), said

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial
@@ -57,3 +59,30 @@ def _rank(trials: Sequence[FrozenTrial], number: int) -> int:
 
 class _Surplus(Exception):
     """Raised inside a trial started beyond the budget (a race between workers)."""
+
+
+class _QuietSurplus(logging.Filter):
+    """Drops Optuna's failure warnings for surplus trials: a worker that lost the race for the
+    last slot of the budget is not a failure to report (with a traceback, in a worker process
+    that has no CLI filter), and the trial's record says it was surplus."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        m = re.match(r"Trial (\d+) failed", text)
+        if isinstance(exc, _Surplus) or "_Surplus(" in text:
+            if m:
+                self.dropped.add(m.group(1))
+            return False
+        return not (m and m.group(1) in self.dropped and text.endswith("with value None."))
+
+
+def quiet_surplus() -> None:
+    """Put :class:`_QuietSurplus` on the handlers of Optuna's logger (once)."""
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _QuietSurplus) for f in handler.filters):
+            handler.addFilter(_QuietSurplus())

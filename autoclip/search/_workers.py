@@ -22,7 +22,14 @@ from autoclip.errors import StorageError
 from autoclip.objectives import evaluate
 from autoclip.propose import Proposal
 from autoclip.search._bracket import Bracket, Interrupted
-from autoclip.search._budget import _counted, _lineage, _rank, _retry_of, _Surplus
+from autoclip.search._budget import (
+    _counted,
+    _lineage,
+    _rank,
+    _retry_of,
+    _Surplus,
+    quiet_surplus,
+)
 from autoclip.search._fidelity import Plan
 from autoclip.search._space import suggest_clipper
 from autoclip.search._store import ATTR, MAX_RETRY, open_storage
@@ -189,6 +196,7 @@ def _run_worker(
     """
     plan = Plan.make(settings.steps) if settings.fidelity else Plan(settings.steps, ())
     interrupted: list[optuna.Trial] = []
+    quiet_surplus()
 
     def objective(trial: optuna.Trial, bracket: Bracket | None):
         rec: dict[str, Any] = {}
