@@ -116,8 +116,8 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
     losses: list[float] = []
     norms: list[float] = []
     n_clipped = 0
-    # non-finite losses and runs of skipped steps; the explosion is checked on a window below
-    rule = DivergenceCheck(explode_factor=math.inf)  # the clipper skips non-finite steps
+    # the clipper skips non-finite steps; an explosion is a loss that stays up
+    rule = DivergenceCheck(explode_factor=DIVERGE_FACTOR, explode_window=DIVERGE_WINDOW)
     reason = None
     for step, batch in enumerate(batches):
         loss = _backward(model, loss_fn, batch, params, optimizer, scaler, first=step == 0)
@@ -142,7 +142,7 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
             losses.append(loss_f)
             norms.append(norm_f)
             n_clipped += bool(was_clipped)
-            reason = rule(len(losses) - 1, loss_f, math.isfinite(norm_f)) or _exploded(losses)
+            reason = rule(len(losses) - 1, loss_f, math.isfinite(norm_f))
             if reason is not None:
                 break
         pending.clear()
@@ -156,20 +156,6 @@ def _race(model, optimizer, loss_fn, batches, params, scaler, threshold) -> _Rac
         diverged=reason is not None,
         reason=reason,
     )
-
-
-def _exploded(losses: Sequence[float]) -> str | None:
-    """Why a race's loss has exploded: the median of its last ``DIVERGE_WINDOW`` losses is
-    above ``DIVERGE_FACTOR`` x its first (None while it is not)."""
-    first = losses[0]
-    recent = float(np.median(losses[-DIVERGE_WINDOW:]))
-    if first > 0 and recent > DIVERGE_FACTOR * first:
-        return (
-            f"loss exploded: the median of its last {min(len(losses), DIVERGE_WINDOW)} steps, "
-            f"{recent:.4g}, is > {DIVERGE_FACTOR:g}x the first ({first:.4g}) at step "
-            f"{len(losses) - 1}"
-        )
-    return None
 
 
 def _spikes(losses: Sequence[float]) -> list[int]:
