@@ -103,13 +103,14 @@ def summary(rs: list[dict]) -> dict:
 def seed_mean_se(name: str) -> float | None:
     """The relative standard error of a seed mean measured for ``name`` (None where fewer than
     two seeds have run)."""
-    rs = load().get(name, [])
+    rs = load(name).get(name, [])
     return summary(rs)["se"] if len(rs) >= 2 else None
 
 
-def load() -> dict[str, list[dict]]:
+def load(name: str = "*") -> dict[str, list[dict]]:
+    """The cached runs of task ``name`` (every task by default), by task."""
     by_task: dict[str, list[dict]] = {}
-    for p in sorted(CACHE.glob("*.json")):
+    for p in sorted(CACHE.glob(f"{name}-*.json")):
         r = json.loads(p.read_text())
         by_task.setdefault(r["task"], []).append(r)
     return by_task
@@ -117,7 +118,8 @@ def load() -> dict[str, list[dict]]:
 
 def report() -> str:
     rows = []
-    for name, rs in sorted(load().items()):
+    runs = load()
+    for name, rs in sorted(runs.items()):
         rs.sort(key=lambda r: r["seed"])
         s = summary(rs)
         per_seed = "; ".join(
@@ -130,7 +132,7 @@ def report() -> str:
             f"| {name} | {rs[0]['max_norm']:.3g} | {len(rs)} | {s['cv']:.1%} | {s['se']:.1%} "
             f"| {beyond} | {per_seed} |"
         )
-    cpus = sorted({r["cpu"] for rs in load().values() for r in rs})
+    cpus = sorted({r["cpu"] for rs in runs.values() for r in rs})
     head = [
         "# The noise floor: final loss under a one-in-a-million change of the threshold",
         "",
