@@ -221,6 +221,16 @@ def test_rung_plan_costs_and_keeps_a_third():
     assert Plan.make(20).rungs == (10,) and Plan.make(10).rungs == ()
 
 
+def test_a_plan_with_two_finalists_keeps_two_where_a_third_is_fewer():
+    plan = Plan.make(900, divisors=(27, 5), finalists=2)
+    assert plan.rungs == (30, 180)  # a 27th and a fifth of the run
+    assert plan.keep(9) == [3, 2]  # a third of 3 is 1: two go on
+    assert plan.cost(9) == 9 * 30 + 3 * 150 + 2 * 720
+    assert plan.keep(5) == [2, 2] and plan.keep(3) == [1, 1]
+    assert Plan.make(900, divisors=(9, 9), finalists=2).rungs == (100,)  # coinciding: one
+    assert Plan.make(900, divisors=(9,), finalists=2).keep(9) == [3]  # a third is more
+
+
 def test_a_rung_ranks_on_the_mean_of_the_curves_last_quarter():
     curve = [(t, float(v)) for t, v in zip(range(9, 80, 10), [8, 7, 6, 5, 4, 3, 2, 1], strict=True)]
     assert level(curve) == pytest.approx((2 + 1) / 2)  # 8 points: the last 2

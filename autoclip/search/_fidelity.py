@@ -1,11 +1,18 @@
 """Multi-fidelity search: successive halving over trial lengths, judged on learning curves.
 
 A bracket of ``n`` configurations trains together, one configuration at a time, each paused at
-every rung (``steps / eta**k`` for k = r..1) until all of the bracket has reached it; then the
+every rung (``steps / 9`` and ``steps / 3``) until all of the bracket has reached it; then the
 best ``ceil(n / eta)`` continue and the others are pruned. Only the survivors of the last rung
-train for the full length, and only full-length trials are ever chosen. A paused run is kept in
-memory and continued, not restarted, so a bracket of 9 with ``eta=3`` costs about 2.3 full
-runs (9 x 1/9 + 3 x 2/9 + 1 x 2/3) where 9 full-length trials cost 9.
+(``finalists``: one) train for the full length, and only full-length trials are ever chosen. A
+paused run is kept in memory and continued, not restarted, so a bracket of 9 with ``eta=3``
+costs about 2.3 full runs (9 x 1/9 + 3 x 2/9 + 1 x 2/3) where 9 full-length trials cost 9.
+
+Two finalists judged at full length would be better where the last rung misjudges, but they
+do not fit in a quarter of a grid with the probe unless the first rung moves to a 27th of the
+run, and there it ranks the initial descent, not the run: tried on all fourteen study tasks
+(``studies/results/tune.md``, "Two finalists"), it was better on six and far worse on three
+(ar_forecast 2.9x the grid's best, where one finalist gives 1.2x). ``Plan`` takes any rungs
+and finalists; ``studies/rung_study.py`` replays the shapes.
 
 What a rung sees is the curve so far (the mean loss of every 10 steps) and the fraction of
 steps the clipper clipped. It ranks on the curve's level (the mean of its last quarter), but a
@@ -41,7 +48,8 @@ import numpy as np
 from autoclip.objectives import SPIKE_FACTOR
 
 ETA = 3  # keep a third at each rung
-RUNGS = 2  # rungs before full length: steps/9 and steps/3
+RUNGS = (9, 3)  # rungs before full length: steps/9 and steps/3
+FINALISTS = 1  # the last rung keeps a third, or this many where a third is fewer
 SYNC = 10  # training.train reports the mean loss of every 10 steps; rungs fall on those points
 TIE = 0.2  # levels within 20% of the best are a tie at a rung
 ACTIVE = 0.5  # ... ordered by clipping: the loosest that clips half of the steps or more first
@@ -49,27 +57,37 @@ ACTIVE = 0.5  # ... ordered by clipping: the loosest that clips half of the step
 
 @dataclass(frozen=True)
 class Plan:
-    """Rung lengths (steps, ascending, full length excluded) and how many each rung keeps."""
+    """Rung lengths (steps, ascending, full length excluded) and how many each rung keeps:
+    a third at each rung (``eta``), but the last keeps ``finalists`` where a third is fewer.
+
+    >>> plan = Plan.make(900)
+    >>> plan.rungs, plan.keep(9), plan.cost(9)  # 9 x 100 + 3 x 200 + 1 x 600
+    ((100, 300), [3, 1], 2100)
+    >>> Plan.make(900, divisors=(27, 5), finalists=2).keep(9)  # two judged at full length
+    [3, 2]
+    """
 
     steps: int
     rungs: tuple[int, ...]
     eta: int = ETA
+    finalists: int = FINALISTS
 
     @classmethod
-    def make(cls, steps: int, eta: int = ETA, n_rungs: int = RUNGS) -> Plan:
-        rungs = set()
-        for k in range(n_rungs, 0, -1):
-            # the nearest sync point, at least one
-            r = max(1, round(steps / eta**k / SYNC)) * SYNC
-            if r < steps:
-                rungs.add(r)
-        return cls(steps=steps, rungs=tuple(sorted(rungs)), eta=eta)
+    def make(
+        cls, steps: int, divisors: Sequence[int] = RUNGS, finalists: int = FINALISTS
+    ) -> Plan:
+        """Rungs at ``steps / d`` for each of ``divisors``, each at the nearest sync point
+        (at least one); rungs that coincide are one, and none is at or past full length."""
+        rungs = {max(1, round(steps / d / SYNC)) * SYNC for d in divisors}
+        rungs = tuple(sorted(r for r in rungs if r < steps))
+        return cls(steps=steps, rungs=rungs, finalists=finalists)
 
     def keep(self, n: int) -> list[int]:
         """How many of a bracket of ``n`` continue past each rung."""
         out = []
-        for _ in self.rungs:
-            n = max(1, math.ceil(n / self.eta))
+        for k in range(len(self.rungs)):
+            third = max(1, math.ceil(n / self.eta))
+            n = third if k < len(self.rungs) - 1 else min(n, max(third, self.finalists))
             out.append(n)
         return out
 
