@@ -71,6 +71,9 @@ def test_study_is_reproducible_from_its_seed(name):
         "hetero_regression",
         "vae_digits",
         "resmlp_friedman",
+        "mf_ratings",
+        "flow_moons",
+        "tcn_forecast",
     ],
 )
 def test_held_out_data_does_not_depend_on_the_seed(name):
