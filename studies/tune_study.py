@@ -23,7 +23,10 @@ deep_regression were written after it was fixed, as fresh held-out models. The s
 (1.5 decades either side of the measured value, where it was one) was set on the design
 tasks' grids, with every other task's result already seen; hetero_regression, vae_digits and
 resmlp_friedman were written after that, by a session that ran no search on them: they are
-the clean hold-out of the range and the rung rule together.
+the clean hold-out of the range and the rung rule together. mf_ratings, flow_moons and
+tcn_forecast were written last, after a two-finalist plan had been tried on the fourteen
+others and turned down (its runs in ``tune_study_two_finalists/``, compared in the report), by
+a session that ran no search on them and saw no result: the hold-out of tune as it is.
 
 Runs in chunks (each task x seed is cached in ``studies/results/tune_study/``, the grid
 separately in ``grid/``, as it does not depend on tune), then writes
@@ -58,9 +61,17 @@ from autoclip_studies import noise_floor
 GRID = [float(m) for m in np.geomspace(0.01, 100, 12)]
 TASKS = tuple(sorted(bundled_studies()))  # every bundled study (the autoclip.studies group)
 DESIGN = ("relu_rnn", "lstm_adding", "digits_mlp")  # the rung rule was designed on these
-FRESH = ("hetero_regression", "vae_digits", "resmlp_friedman")  # written after the range rule
+FRESH = (  # written after the range rule, and (the last three) after the two-finalist trial
+    "hetero_regression",
+    "vae_digits",
+    "resmlp_friedman",
+    "mf_ratings",
+    "flow_moons",
+    "tcn_forecast",
+)
 HERE = Path(__file__).parent / "results"
 CACHE = HERE / "tune_study"
+TWO_FINALISTS = HERE / "tune_study_two_finalists"  # the plan tried and not adopted
 RESULTS = HERE / "tune.md"
 
 
@@ -109,22 +120,51 @@ def _role(name: str) -> str:
     return "design" if name in DESIGN else "**fresh**" if name in FRESH else "held out"
 
 
+def _by_task(folder: Path) -> dict[str, list[dict]]:
+    """The cached runs of ``folder``, by task, in seed order."""
+    by_task: dict[str, list[dict]] = {}
+    for p in sorted(folder.glob("*.json")):
+        r = json.loads(p.read_text())
+        by_task.setdefault(r["task"], []).append(r)
+    for rs in by_task.values():
+        rs.sort(key=lambda r: r["seed"])
+    return by_task
+
+
+def _score(rs: list[dict]) -> tuple[str, dict[str, float], float, float, float]:
+    """(the grid's best threshold, the grid's means, tune's mean final loss, its ratio to the
+    best mean, its mean share of the grid's steps) over the seeds of ``rs``."""
+    means = {m: statistics.mean(r["grid"][str(m)] for r in rs) for m in map(str, GRID)}
+    best_m = min(means, key=means.get)
+    losses = [r["tune_loss"] for r in rs]
+    tune_mean = statistics.mean(x if x is not None else float("inf") for x in losses)
+    spent = statistics.mean(r["tune_steps"] / r["grid_steps"] for r in rs)
+    return best_m, means, tune_mean, tune_mean / means[best_m], spent
+
+
+def two_finalists(by_task: dict[str, list[dict]]) -> list[str]:
+    """The two-finalist plan's runs against the adopted plan's, task by task."""
+    tried = _by_task(TWO_FINALISTS)
+    rows = [
+        "| task | one finalist (adopted) | steps | two finalists (tried) | steps |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in sorted(set(tried) & set(by_task)):
+        _, _, _, r1, s1 = _score(by_task[name])
+        _, _, _, r2, s2 = _score(tried[name])
+        rows.append(f"| {name} | {r1:.3f} | {s1:.1%} | {r2:.3f} | {s2:.1%} |")
+    return rows
+
+
 def report(argv_used: str) -> str:
     rows, lines = [], []
     met_all = True
     tally: list[tuple[str, bool]] = []
-    runs = [json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"))]
-    by_task: dict[str, list[dict]] = {}
-    for r in runs:
-        by_task.setdefault(r["task"], []).append(r)
+    informative: list[tuple[str, bool, bool]] = []
+    by_task = _by_task(CACHE)
     for name, rs in by_task.items():
-        rs.sort(key=lambda r: r["seed"])
-        means = {m: statistics.mean(r["grid"][str(m)] for r in rs) for m in map(str, GRID)}
-        best_m = min(means, key=means.get)
+        best_m, means, tune_mean, ratio, spent = _score(rs)
         losses = [r["tune_loss"] for r in rs]
-        tune_mean = statistics.mean(x if x is not None else float("inf") for x in losses)
-        ratio = tune_mean / means[best_m]
-        spent = statistics.mean(r["tune_steps"] / r["grid_steps"] for r in rs)
         met = ratio <= 1.05 and spent <= 0.25 and len(rs) >= 3
         met_all &= met
         tally.append((name, met))
@@ -132,9 +172,11 @@ def report(argv_used: str) -> str:
         at_best = [r["grid"][best_m] for r in rs]
         noise = statistics.stdev(at_best) / len(at_best) ** 0.5 / means[best_m]
         floor = noise_floor.seed_mean_se(name)
+        spread = max(means.values()) / means[best_m]  # > 1.05: the threshold matters
+        informative.append((name, met, spread > 1.05))
         rows.append(
             f"| {name} ({_role(name)}) | {len(rs)} | "
-            f"{float(best_m):.3g} | {means[best_m]:.4g} (±{noise:.0%}) | "
+            f"{float(best_m):.3g} | {means[best_m]:.4g} (±{noise:.0%}) | {spread:.3g} | "
             f"{'-' if floor is None else f'±{floor:.0%}'} | "
             f"{', '.join('-' if x is None else f'{x:.4g}' for x in losses)} | {tune_mean:.4g} "
             f"| {ratio:.3f} | {spent:.1%} | {'met' if met else '**missed**'} |"
@@ -175,7 +217,10 @@ def report(argv_used: str) -> str:
         "range (1.5 decades either side of the measured value) was set on the design tasks "
         "with every other result above already seen, and hetero_regression, vae_digits and "
         "resmlp_friedman (**fresh**) were written after it, by a session that ran no search "
-        "on them: the clean hold-out of the range and the rule together",
+        "on them: the clean hold-out of the range and the rule together; mf_ratings, "
+        "flow_moons and tcn_forecast (**fresh**) later still, after the two-finalist plan "
+        "below was tried and turned down, by a session that ran no search on them and saw "
+        "no result: the hold-out of everything tune does now",
         "",
         "- machines: the grids are cached (studies/results/tune_study/grid/ and rung_study/); "
         "the first eleven tasks' grids were trained on an earlier machine, whose CPU rounds "
@@ -186,9 +231,13 @@ def report(argv_used: str) -> str:
         "configuration; [noise_floor.md](noise_floor.md), `python studies/noise_floor.py`): "
         "tune's ratio carries that noise even where it chose the grid's best point",
         "",
-        "| task | seeds | grid best max_norm | grid best mean (± SE) | noise floor "
-        "| tune final loss per seed | tune mean | tune / grid | steps vs grid | goal |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "- grid worst / best: the grid's worst mean over its best; where it is under 1.05 "
+        "every threshold meets the goal, and the task says nothing of the search",
+        "",
+        "| task | seeds | grid best max_norm | grid best mean (± SE) | grid worst / best "
+        "| noise floor | tune final loss per seed | tune mean | tune / grid | steps vs grid "
+        "| goal |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     held = [(n, m) for n, m in tally if n not in DESIGN and n not in FRESH]
     fresh = [(n, m) for n, m in tally if n in FRESH]
@@ -199,12 +248,36 @@ def report(argv_used: str) -> str:
         f"({sum(m for _, m in held)} of the {len(held)} held out: "
         f"{', '.join(n for n, m in held if m) or 'none'}; {sum(m for _, m in fresh)} of the "
         f"{len(fresh)} fresh: {', '.join(n for n, m in fresh if m) or 'none'}); the rows "
-        "marked **missed** did not meet it. (± is the seed-to-seed standard error of the "
+        "marked **missed** did not meet it. Where the threshold matters (grid worst / best "
+        f"over 1.05: {sum(i for _, _, i in informative)} tasks) it was met on "
+        f"{sum(m and i for _, m, i in informative)}: "
+        f"{', '.join(n for n, m, i in informative if m and i) or 'none'}; the others where it "
+        f"was met ({', '.join(n for n, m, i in informative if m and not i) or 'none'}) are "
+        "met by any threshold of the grid. (± is the seed-to-seed standard error of the "
         "grid's best mean; the noise floor is what the same configuration's mean moves by "
         "under a one-in-a-million change: a ratio within either of 1.05 is as much noise as "
         "the search.)"
     )
-    return "\n".join([*head, *rows, "", verdict, "", "## Runs", "", *lines, ""])
+    tried = [
+        "## Two finalists (tried, not adopted)",
+        "",
+        "The bracket's last decision, one of three at a third of the run, is where the misses "
+        "come from; judging two finalists at full length would remove it, but two fit in a "
+        "quarter of the grid only with the rungs at a 27th and a fifth of the run "
+        "(`Plan.make(steps, (27, 5), finalists=2)`; [rung_study.md](rung_study.md) replays "
+        "the shapes). Chosen on replays of the six tasks with a noise floor under 2% "
+        "(adamw_spiky, char_lstm, hetero_regression, sgd_transformer, tiny_transformer, "
+        "vae_digits), the others in view, then run with the real tune on the fourteen tasks "
+        "of the time (cached in studies/results/tune_study_two_finalists/). It met the goal "
+        "on 7 of 14 where one finalist meets it on 5, but it was far worse on three "
+        "(ar_forecast, lstm_adding, relu_rnn) and its geometric mean was worse: a first rung "
+        "at a 27th of the run ranks the initial descent (on ar_forecast the loosest "
+        "thresholds, which descend fastest and end worst, filled both final places). Not "
+        "adopted; the fresh tasks above were written after this decision.",
+        "",
+        *two_finalists(by_task),
+    ]
+    return "\n".join([*head, *rows, "", verdict, "", *tried, "", "## Runs", "", *lines, ""])
 
 
 def main(argv: list[str] | None = None) -> int:

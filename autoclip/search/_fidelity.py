@@ -73,9 +73,7 @@ class Plan:
     finalists: int = FINALISTS
 
     @classmethod
-    def make(
-        cls, steps: int, divisors: Sequence[int] = RUNGS, finalists: int = FINALISTS
-    ) -> Plan:
+    def make(cls, steps: int, divisors: Sequence[int] = RUNGS, finalists: int = FINALISTS) -> Plan:
         """Rungs at ``steps / d`` for each of ``divisors``, each at the nearest sync point
         (at least one); rungs that coincide are one, and none is at or past full length."""
         rungs = {max(1, round(steps / d / SYNC)) * SYNC for d in divisors}
