@@ -310,6 +310,13 @@ def test_choice_rules_on_a_front():
     assert choose(front, None)[0] is c  # the knee
     assert choose(front, (1.0, 0.0, 0.0))[0] is a
     assert choose(front, (0.0, 1.0, 0.0))[0] is b
+    # Two trials: a sliver of speed and instability does not outweigh a 6% lower final loss
+    # (scaled by the front's range alone, each sliver would count as a whole unit).
+    low, sliver = rec(3, (0.653, 0.634, 0.157)), rec(4, (0.689, 0.632, 0.153))
+    assert choose([low, sliver], None)[0] is low
+    # ... but a real difference in speed still trades against the loss
+    fast = rec(5, (0.689, 0.3, 0.153))
+    assert choose([low, fast], None)[0] is fast
 
 
 def test_the_study_names_its_metrics_and_keeps_its_attributes_small(tmp_path):
