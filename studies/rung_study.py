@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
             "rung each, so a bracket can cost about 2.4: two finalists fit only with the "
             "first rung at 1/27. That shape (two finalists, rungs at 1/27 and 1/5) was tried "
             "in the real tune on all fourteen tasks before the fresh three ([tune.md](tune.md), "
-            '"Two finalists") and turned down: better on six, far worse on three. The '
+            '"Two finalists") and turned down: better on seven, far worse on three. The '
             "replay predicted the direction on the steady six and missed the size elsewhere "
             "(ar_forecast 2.2x here, 2.9x in tune: tune's ladder is not the grid's window).",
             "",

@@ -10,7 +10,7 @@ costs about 2.3 full runs (9 x 1/9 + 3 x 2/9 + 1 x 2/3) where 9 full-length tria
 Two finalists judged at full length would be better where the last rung misjudges, but they
 do not fit in a quarter of a grid with the probe unless the first rung moves to a 27th of the
 run, and there it ranks the initial descent, not the run: tried on all fourteen study tasks
-(``studies/results/tune.md``, "Two finalists"), it was better on six and far worse on three
+(``studies/results/tune.md``, "Two finalists"), it was better on seven and far worse on three
 (ar_forecast 2.9x the grid's best, where one finalist gives 1.2x). ``Plan`` takes any rungs
 and finalists; ``studies/rung_study.py`` replays the shapes.
 
