@@ -81,18 +81,21 @@ class DivergenceCheck:
         if self.first_loss is None:
             self.first_loss = loss
         first = self.first_loss
-        self._recent.append(loss)
-        level = statistics.median(self._recent)
-        if first > 0 and level > self.explode_factor * first:
-            if self._recent.maxlen == 1:
+        if self._recent.maxlen == 1:  # training's own check, every step: the loss itself
+            if first > 0 and loss > self.explode_factor * first:
                 return (
                     f"loss exploded to {loss:.4g} (> {self.explode_factor:g}x the first, "
                     f"{first:.4g}) at step {step}"
                 )
-            return (
-                f"loss stayed above {self.explode_factor:g}x the first ({first:.4g}): the "
-                f"median of the last {len(self._recent)} steps was {level:.4g} at step {step}"
-            )
+        else:
+            self._recent.append(loss)
+            level = statistics.median(self._recent)
+            if first > 0 and level > self.explode_factor * first:
+                return (
+                    f"loss stayed above {self.explode_factor:g}x the first ({first:.4g}): the "
+                    f"median of the last {len(self._recent)} steps was {level:.4g} at step "
+                    f"{step}"
+                )
         if not finite and not self.skips_nonfinite:
             return f"non-finite gradient norm at step {step} (nothing skips the step)"
         if not (not finite if skipped is None else skipped):
