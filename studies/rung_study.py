@@ -120,13 +120,6 @@ def _old_rule(curve, steps, clipped):
 TWO_FINALISTS = ((27, 5), 2)  # the plan tried and not adopted: rungs at steps/27, steps/5
 
 
-def _plan(steps: int, rule: str) -> _fidelity.Plan:
-    """The bracket's rungs and keeps under ``rule``: tune's plan, or the two-finalist one."""
-    if rule == "two finalists":
-        return _fidelity.Plan.make(steps, *TWO_FINALISTS)
-    return _fidelity.Plan.make(steps)
-
-
 def _objectives(data: dict, m: float) -> tuple[float, float, float]:
     """A grid point's full-length objectives, as a trial reports them (``evaluate``)."""
     run = data["grid"][repr(m)]
@@ -165,10 +158,11 @@ def replay(
     pareto: bool = True,
     shape: tuple[tuple[int, ...], int] | None = None,
 ):
-    """The grid point a bracket over ``points`` (in study order) chooses at full length;
-    ``shape`` (rung divisors, finalists) replaces the rule's plan."""
-    steps = data["steps"]
-    plan = _plan(steps, rule) if shape is None else _fidelity.Plan.make(steps, *shape)
+    """The grid point a bracket over ``points`` (in study order) chooses at full length, on
+    tune's plan or on ``shape`` (rung divisors, finalists; the two-finalist rule's own)."""
+    if shape is None and rule == "two finalists":
+        shape = TWO_FINALISTS
+    plan = _fidelity.Plan.make(data["steps"], *(shape or ()))
     alive = list(range(len(points)))
     keep = plan.keep(len(points))
     for k, rung in enumerate(plan.rungs):
